@@ -1,0 +1,35 @@
+# `make run` and `make test` work on a fresh machine with only Python >= 3.11 and pip:
+# they create .venv and install the project (with uv when present) before running.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/demo/v1
+PROFILE ?= cpu-smoke
+
+.PHONY: install run test test-slow clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "distillery needs Python >= 3.11, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	@if command -v uv >/dev/null 2>&1; then \
+		uv pip install --python $(BIN)/python -e '.[dev]'; \
+	else \
+		$(BIN)/python -m pip install --quiet --upgrade pip && \
+		$(BIN)/python -m pip install --quiet -e '.[dev]'; \
+	fi
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/distillery pull --profile $(PROFILE) --run $(RUN_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,194 @@
+"""The one typed pipeline config: named profiles (YAML), a config file, then `--set` overrides.
+
+Keys are stable (DESIGN.md "Interfaces"): `seed`, `sources`, `teacher.*`, `filter.*`,
+`dedup.*`, `student.model`, `sft.steps`, `grpo.steps`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILES_PACKAGE = "curation.profiles"
+DEFAULT_PROFILE = "cpu-smoke"
+
+
+class ConfigError(Exception):
+    """A profile, config file or override is invalid; the message names the key and value."""
+
+
+class _Strict(BaseModel):
+    """Frozen, and unknown keys are errors rather than silently ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProceduralSource(_Strict):
+    """Problems from a seeded reasoning-gym generator."""
+
+    kind: Literal["procedural"] = "procedural"
+    task: str
+    n: int = Field(default=50, ge=1)
+    seed: int | None = None  # None: the run's seed
+
+
+class HubSource(_Strict):
+    """A Hugging Face Hub dataset, or local files in its format (`data_files`)."""
+
+    kind: Literal["hub"] = "hub"
+    id: str
+    split: str = "train"
+    data_files: str | list[str] | None = None
+    config: str | None = None
+    revision: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+Source = Annotated[ProceduralSource | HubSource, Field(discriminator="kind")]
+
+
+class TeacherConfig(_Strict):
+    """Which model writes the reasoning traces, and how it is sampled."""
+
+    backend: Literal["openai", "tunix"] = "tunix"
+    base_url: str | None = None
+    model: str = "gemma3-270m"
+    api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
+    n: int = Field(default=4, ge=1)
+    temperature: float = Field(default=0.8, ge=0.0)
+    max_new_tokens: int = Field(default=256, ge=1)
+    concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class FilterConfig(_Strict):
+    """Trace filtering."""
+
+    keep_per_problem: int = Field(default=2, ge=1)
+
+
+class DedupConfig(_Strict):
+    """Exact and MinHash near-duplicate removal, and decontamination against eval sets."""
+
+    threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    num_perm: int = Field(default=128, ge=8)
+    shingle: int = Field(default=5, ge=1)
+    eval_sets: list[HubSource] = Field(default_factory=list)
+
+
+class StudentConfig(_Strict):
+    """The model being trained."""
+
+    model: str = "gemma3-270m"
+
+
+class StepsConfig(_Strict):
+    """A training stage's length."""
+
+    steps: int = Field(default=20, ge=0)
+
+
+class PullConfig(_Strict):
+    """What the pull stage needs: the seed and the sources."""
+
+    seed: int = 0
+    sources: list[Source] = Field(min_length=1)
+
+
+class Config(_Strict):
+    """The whole pipeline's config."""
+
+    profile: str = DEFAULT_PROFILE
+    seed: int = 0
+    sources: list[Source] = Field(min_length=1)
+    teacher: TeacherConfig = TeacherConfig()
+    filter: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
+    student: StudentConfig = StudentConfig()
+    sft: StepsConfig = StepsConfig()
+    grpo: StepsConfig = StepsConfig()
+
+    def pull(self) -> PullConfig:
+        """The pull stage's part of the config."""
+        return PullConfig(seed=self.seed, sources=self.sources)
+
+
+def profile_names() -> list[str]:
+    """Names of the profiles shipped with the package."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files(PROFILES_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    """Parse a YAML mapping, naming the file on error."""
+    try:
+        payload = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: invalid YAML: {err}") from err
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(payload).__name__}")
+    return payload
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge mappings; lists and scalars in override replace those in base."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_set(payload: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply one `key.sub=value` override; the value is parsed as YAML ("2" -> 2, "[a]" -> list)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. teacher.n=4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {err}") from err
+    nested: Any = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return _merge(payload, nested)
+
+
+def load_config(
+    profile: str | None = None,
+    config_file: str | Path | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Resolve profile -> config file -> `--set` overrides into one validated Config."""
+    name = profile or DEFAULT_PROFILE
+    if name not in profile_names():
+        raise ConfigError(f"unknown profile {name!r}; profiles: {', '.join(profile_names())}")
+    text = resources.files(PROFILES_PACKAGE).joinpath(f"{name}.yaml").read_text()
+    payload = _read_yaml(text, f"profile {name}")
+    payload["profile"] = name
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        payload = _merge(payload, _read_yaml(path.read_text(), str(path)))
+    for assignment in sets:
+        payload = _apply_set(payload, assignment)
+    try:
+        return Config.model_validate(payload)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def _describe(err: ValidationError) -> str:
+    """One line per bad key: `teacher.n: Input should be greater than or equal to 1 (got 0)`."""
+    lines = []
+    for issue in err.errors():
+        key = ".".join(str(p) for p in issue["loc"])
+        lines.append(f"{key or '<config>'}: {issue['msg']} (got {issue.get('input')!r})")
+    return "invalid config: " + "; ".join(lines)

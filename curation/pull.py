@@ -1,0 +1,86 @@
+"""The pull stage: every configured source -> one problem table (kept + rejected)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+from curation import store
+from curation.config import HubSource, ProceduralSource, PullConfig
+from curation.schema import RejectReason
+from curation.sources import hub, procedural
+
+logger = logging.getLogger(__name__)
+
+STAGE = "pull"
+
+
+@dataclass(kw_only=True)
+class PullStats(store.StageStats):
+    """Pull figures, also per source: {source: {"kept": n, "rejected": n}}."""
+
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _load(spec: ProceduralSource | HubSource, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Load one source spec."""
+    if isinstance(spec, ProceduralSource):
+        return procedural.load(spec.task, spec.n, spec.seed if spec.seed is not None else seed)
+    return hub.load(spec.id, spec.data_files, spec.split, config=spec.config, revision=spec.revision,
+                    limit=spec.limit)
+
+
+def pull(config: PullConfig) -> store.StageResult:
+    """Load all sources; a problem id seen twice is rejected as a duplicate after its first."""
+    started = time.time()
+    kept_parts, rejected_parts = [], []
+    for spec in config.sources:
+        kept, rejected = _load(spec, config.seed)
+        kept_parts.append(kept)
+        rejected_parts.append(rejected)
+    kept = pl.concat(kept_parts)
+    rejected = pl.concat(rejected_parts)
+    first = kept["id"].is_first_distinct()
+    duplicates = kept.filter(~first).with_columns(
+        reject_reason=pl.lit(RejectReason.DUPLICATE_ID.value),
+        reject_detail=pl.lit("the same source row was listed twice; first copy kept"),
+    )
+    kept = kept.filter(first)
+    rejected = pl.concat([rejected, duplicates])
+    per_source: dict[str, dict[str, int]] = {}
+    for name, frame in (("kept", kept), ("rejected", rejected)):
+        for source, count in frame.group_by("source", maintain_order=True).len().iter_rows():
+            per_source.setdefault(source, {"kept": 0, "rejected": 0})[name] = count
+    stats = PullStats(rows_in=kept.height + rejected.height, kept=kept.height, rejected=rejected.height,
+                      reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
+                      per_source=per_source)
+    return store.StageResult(kept=kept, rejected=rejected, stats=stats)
+
+
+def input_hashes(config: PullConfig) -> dict[str, str]:
+    """What the pulled rows depend on beyond the config: local file contents, generator version."""
+    inputs: dict[str, str] = {}
+    for spec in config.sources:
+        if isinstance(spec, ProceduralSource):
+            inputs["reasoning-gym"] = metadata.version("reasoning-gym")
+        elif spec.data_files is not None:
+            files = spec.data_files if isinstance(spec.data_files, list) else [spec.data_files]
+            for path in files:
+                for file in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
+                        else [Path(path)]:
+                    if file.is_file():
+                        inputs[f"file:{file}"] = store.file_hash(file)
+        else:
+            inputs[f"hub:{spec.id}"] = spec.revision or "main"
+    return inputs
+
+
+def run(run_dir: Path, config: PullConfig, *, force: bool = False) -> store.Manifest:
+    """Run the pull stage into `run_dir/pull`, skipping it when its output is complete."""
+    return store.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=input_hashes(config),
+                           compute=lambda: pull(config), force=force)

@@ -1,0 +1,237 @@
+"""The run directory: atomic stage outputs, and manifests that let a finished stage be skipped.
+
+Layout: `runs/<dataset>/<version>/<stage>/` holds `data.parquet`, `rejected.parquet`,
+`stats.json` and `manifest.json`. The manifest is written last, so its presence marks a
+complete output; its `key` hashes the stage config and the hashes of the stage's inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+DATA = "data.parquet"
+REJECTED = "rejected.parquet"
+STATS = "stats.json"
+MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write a file so that readers see the old complete file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename: the directory entry must reach the disk too."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write a frame as parquet atomically; the bytes depend only on the frame."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_json(payload: Any, path: Path) -> None:
+    """Write JSON atomically, keys sorted so equal content gives equal bytes."""
+    text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stage_key(config: Any, inputs: dict[str, str]) -> str:
+    """The identity of a stage's output: a hash of its config and its inputs' hashes."""
+    canonical = json.dumps({"config": config, "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version plus the git commit it runs from (with `+dirty` for local edits)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("distillery")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{sha}{'.dirty' if dirty else ''}"
+
+
+@dataclass(kw_only=True)
+class StageStats:
+    """What every stage reports: rows in, kept, rejected per reason, and its wall time."""
+
+    rows_in: int
+    kept: int
+    rejected: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageResult:
+    """One stage's output before it is written: kept rows, rejected rows, stats."""
+
+    kept: pl.DataFrame
+    rejected: pl.DataFrame
+    stats: StageStats
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """The record of a complete stage output; written last, read to decide a skip."""
+
+    stage: str
+    key: str
+    config: Any
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    counts: dict[str, int]
+    code_version: str
+    started_at: str
+    seconds: float
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest | None:
+        """The manifest at path, or None when absent or unreadable (an incomplete stage)."""
+        try:
+            payload = json.loads(path.read_text())
+            return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls)})
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def reason_counts(rejected: pl.DataFrame) -> dict[str, int]:
+    """Rejected rows per reason, sorted by reason name."""
+    if rejected.is_empty():
+        return {}
+    counts = rejected.group_by("reject_reason").len().sort("reject_reason")
+    return {row["reject_reason"]: row["len"] for row in counts.iter_rows(named=True)}
+
+
+class StageInputError(Exception):
+    """A stage's input is missing or incomplete: run the stage that makes it first."""
+
+
+def complete_manifest(stage_dir: Path, key: str | None = None) -> Manifest | None:
+    """The stage's manifest if its outputs are all present and unchanged (and its key matches)."""
+    manifest = Manifest.read(stage_dir / MANIFEST)
+    if manifest is None or (key is not None and manifest.key != key):
+        return None
+    for name, digest in manifest.outputs.items():
+        path = stage_dir / name
+        if not path.is_file() or file_hash(path) != digest:
+            logger.warning("%s: output %s is missing or changed since its manifest; recomputing", stage_dir, name)
+            return None
+    return manifest
+
+
+def input_hash(run_dir: Path, stage: str) -> str:
+    """The content hash of a finished stage's kept rows, for use as a downstream input."""
+    manifest = complete_manifest(run_dir / stage)
+    if manifest is None:
+        raise StageInputError(f"stage {stage!r} has no complete output in {run_dir / stage}; run it first")
+    return manifest.outputs[DATA]
+
+
+def run_stage(
+    run_dir: Path,
+    stage: str,
+    *,
+    config: Any,
+    inputs: dict[str, str],
+    compute: Callable[[], StageResult],
+    force: bool = False,
+) -> Manifest:
+    """Run a stage unless a complete output with the same key exists; write it atomically."""
+    stage_dir = run_dir / stage
+    key = stage_key(config, inputs)
+    existing = None if force else complete_manifest(stage_dir, key)
+    if existing is not None:
+        logger.info("%s: skipped, complete output with key %s already in %s", stage, key[:12], stage_dir)
+        return existing
+    started = time.time()
+    result = compute()
+    stats = result.stats
+    # Never drop silently: every input row is kept or rejected with a reason.
+    if stats.kept + stats.rejected != stats.rows_in or stats.kept != result.kept.height \
+            or stats.rejected != result.rejected.height:
+        raise RuntimeError(f"{stage}: rows do not add up: in={stats.rows_in} kept={stats.kept}/"
+                           f"{result.kept.height} rejected={stats.rejected}/{result.rejected.height}")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest lands
+    write_parquet(result.kept, stage_dir / DATA)
+    write_parquet(result.rejected, stage_dir / REJECTED)
+    write_json(dataclasses.asdict(stats), stage_dir / STATS)
+    manifest = Manifest(
+        stage=stage,
+        key=key,
+        config=config,
+        inputs=inputs,
+        outputs={name: file_hash(stage_dir / name) for name in (DATA, REJECTED, STATS)},
+        counts={"rows_in": stats.rows_in, "kept": stats.kept, "rejected": stats.rejected},
+        code_version=code_version(),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        seconds=round(time.time() - started, 3),
+    )
+    write_json(dataclasses.asdict(manifest), stage_dir / MANIFEST)
+    logger.info("%s: kept %d, rejected %d of %d in %.1f s -> %s", stage, stats.kept, stats.rejected,
+                stats.rows_in, manifest.seconds, stage_dir)
+    return manifest
+
+
+def read_data(run_dir: Path, stage: str) -> pl.DataFrame:
+    """The kept rows of a finished stage; StageInputError when it has not finished."""
+    if complete_manifest(run_dir / stage) is None:
+        raise StageInputError(f"stage {stage!r} has no complete output in {run_dir / stage}; run it first")
+    return pl.read_parquet(run_dir / stage / DATA)

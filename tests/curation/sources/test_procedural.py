@@ -1,0 +1,58 @@
+"""Procedural problems from reasoning-gym: seeded, in the problem schema, verifier kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from curation.schema import PROBLEM_SCHEMA
+from curation.sources import procedural
+
+TASKS = ["basic_arithmetic", "chain_sum", "gsm_symbolic", "fraction_simplification", "simple_equations"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_load_returns_n_problems_in_the_schema(task):
+    kept, rejected = procedural.load(task, 8, seed=3)
+    assert kept.schema == PROBLEM_SCHEMA
+    assert (kept.height, rejected.height) == (8, 0)
+    assert kept["id"].n_unique() == 8
+    assert set(kept["source"]) == {f"procedural/{task}"}
+    assert all(a.strip() for a in kept["answer"])
+
+
+def test_same_seed_gives_the_same_problems_and_another_seed_differs():
+    first, _ = procedural.load("basic_arithmetic", 10, seed=7)
+    again, _ = procedural.load("basic_arithmetic", 10, seed=7)
+    other, _ = procedural.load("basic_arithmetic", 10, seed=8)
+    assert first.equals(again)
+    assert first["problem"].to_list() != other["problem"].to_list()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_generator_verifier_accepts_the_gold_answer(task):
+    kept, _ = procedural.load(task, 5, seed=11)
+    for meta, answer in kept.select("meta", "answer").iter_rows():
+        assert procedural.is_correct(meta, answer), (task, answer)
+        assert not procedural.is_correct(meta, "no answer here")
+
+
+def test_partial_credit_does_not_count_as_correct():
+    kept, _ = procedural.load("basic_arithmetic", 30, seed=0)
+    row = next(r for r in kept.iter_rows(named=True) if r["answer"].lstrip("-").isdigit() and r["answer"] != "0")
+    near = f"{row['answer']}.0"  # reasoning-gym scores "-4.0" against "-4" as partial credit
+    assert procedural.score(row["meta"], near) < 1.0
+    assert not procedural.is_correct(row["meta"], near)
+
+
+def test_meta_keeps_task_seed_and_index():
+    kept, _ = procedural.load("chain_sum", 3, seed=5)
+    meta = json.loads(kept["meta"][2])
+    assert (meta["task"], meta["seed"], meta["index"]) == ("chain_sum", 5, 2)
+    assert kept["source_id"][2] == "seed5/2"
+
+
+def test_unknown_task_names_the_valid_ones():
+    with pytest.raises(LookupError, match="basic_arithmetic"):
+        procedural.load("no_such_task", 3, seed=0)

@@ -1,0 +1,112 @@
+"""Answer extraction and equivalence: the verifier shared by filters and rewards."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from curation.answers import check_many, extract, is_equivalent
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<reasoning>3 + 4 = 7</reasoning><answer>7</answer>", "7"),
+        ("<reasoning>so</reasoning><answer> \\boxed{\\frac{1}{2}} </answer>", "\\frac{1}{2}"),
+        ("We get $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("x = \\boxed{5} and again \\boxed{5}", "5"),
+        ("Natalia sold 48/2 = 24 clips.\n#### 72", "72"),
+        ("\\boxed 7", "7"),
+    ],
+)
+def test_extract_finds_the_committed_answer(text, expected):
+    assert extract(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<reasoning>the answer is 72</reasoning>",  # answer only in the reasoning
+        "<reasoning>72</reasoning><answer>  </answer>",  # empty answer
+        "so \\boxed{3} or maybe \\boxed{4}",  # two different boxed answers
+        "<answer>3</answer> <answer>4</answer>",  # two different answer blocks
+        "",
+        None,
+    ],
+)
+def test_extract_gives_none_without_one_committed_answer(text):
+    assert extract(text) is None
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("1,080", "1080"),
+        ("$72", "72"),
+        ("72 dollars", "72"),
+        ("-4.0", "-4"),
+        ("0.5", "\\frac{1}{2}"),
+        ("\\frac{3}{4}", "0.75"),
+        ("\\dfrac{639}{40}", "\\frac{639}{40}"),
+        ("5\\text{ cm}", "5"),
+        ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ],
+)
+def test_equivalent_answers_match(pred, gold):
+    assert is_equivalent(pred, gold)
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [("71", "72"), ("", "72"), (None, "72"), ("7.2", "72"), ("\\frac{1}{3}", "0.5"), ("x", "y")],
+)
+def test_wrong_or_missing_answers_do_not_match(pred, gold):
+    assert not is_equivalent(pred, gold)
+
+
+def test_rejects_answer_only_in_reasoning_and_two_boxed_end_to_end():
+    for completion in ("<reasoning>it is 72</reasoning>", "\\boxed{72} or \\boxed{73}"):
+        assert not is_equivalent(extract(completion), "72")
+
+
+def test_gsm8k_reference_solutions_all_match_their_gold(shared_data):
+    from curation.sources import hub
+
+    kept, _ = hub.load("openai/gsm8k", data_files=shared_data / "gsm8k" / "test.jsonl", split="test")
+    agree = sum(is_equivalent(extract(s), a) for s, a in kept.select("solution", "answer").iter_rows())
+    assert (agree, kept.height) == (1319, 1319)
+
+
+def test_math500_reference_solutions_match_their_gold(shared_data):
+    rows = [json.loads(line) for line in (shared_data / "math500" / "test.jsonl").open()]
+    agree = sum(is_equivalent(extract(r["solution"]), r["answer"]) for r in rows)
+    assert len(rows) == 500
+    assert agree >= 499, f"only {agree}/500 MATH-500 reference solutions matched their gold answer"
+
+
+def test_check_many_bounds_a_pathological_answer_and_finishes_the_rest():
+    preds = ["9^{9^{9^9}}", "\\frac{1}{2}", "72", "x + 1", None]
+    golds = ["5", "0.5", "72", "x + 2", "1"]
+    started = time.monotonic()
+    verdicts = check_many(preds, golds, deadline_s=4, workers=2)
+    assert verdicts[1:] == [True, True, False, False]
+    assert verdicts[0] in (None, False)  # no verdict in time, or math-verify's own timeout
+    assert time.monotonic() - started < 30
+
+
+def test_check_many_works_from_a_worker_thread():
+    """math-verify's signal-based timeout cannot run in a thread; the pool sidesteps it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        verdicts = pool.submit(check_many, ["\\frac{2}{4}", "3"], ["0.5", "4"], deadline_s=20).result()
+    assert verdicts == [True, False]
+
+
+def test_is_equivalent_in_a_thread_does_not_raise():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(is_equivalent, "\\frac{2}{4}", "0.5").result() is True

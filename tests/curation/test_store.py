@@ -1,0 +1,126 @@
+"""The run store: atomic writes, manifests written last, skips only over complete outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import polars as pl
+import pytest
+
+from curation import store
+
+
+def _result(n_kept: int = 3, n_rejected: int = 1) -> store.StageResult:
+    kept = pl.DataFrame({"id": [str(i) for i in range(n_kept)]})
+    rejected = pl.DataFrame({"id": ["r"] * n_rejected, "reject_reason": ["empty_text"] * n_rejected})
+    stats = store.StageStats(rows_in=n_kept + n_rejected, kept=n_kept, rejected=n_rejected,
+                             reasons=store.reason_counts(rejected))
+    return store.StageResult(kept=kept, rejected=rejected, stats=stats)
+
+
+def test_stage_writes_all_outputs_and_the_manifest_last(tmp_path):
+    manifest = store.run_stage(tmp_path, "pull", config={"a": 1}, inputs={"x": "h"}, compute=_result)
+    stage = tmp_path / "pull"
+    assert {p.name for p in stage.iterdir()} == {"data.parquet", "rejected.parquet", "stats.json", "manifest.json"}
+    assert manifest.counts == {"rows_in": 4, "kept": 3, "rejected": 1}
+    assert json.loads((stage / "stats.json").read_text())["reasons"] == {"empty_text": 1}
+    on_disk = store.Manifest.read(stage / "manifest.json")
+    assert on_disk == manifest
+    assert on_disk.outputs["data.parquet"] == store.file_hash(stage / "data.parquet")
+    # the manifest is the newest file: it marks completion
+    assert max(stage.iterdir(), key=lambda p: p.stat().st_mtime_ns).name == "manifest.json"
+
+
+def test_same_key_is_skipped_and_a_new_config_recomputes(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return _result()
+
+    store.run_stage(tmp_path, "pull", config={"a": 1}, inputs={}, compute=compute)
+    store.run_stage(tmp_path, "pull", config={"a": 1}, inputs={}, compute=compute)
+    assert len(calls) == 1
+    store.run_stage(tmp_path, "pull", config={"a": 2}, inputs={}, compute=compute)
+    store.run_stage(tmp_path, "pull", config={"a": 2}, inputs={"file": "changed"}, compute=compute)
+    assert len(calls) == 3
+
+
+def test_missing_or_changed_output_is_recomputed_not_trusted(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return _result()
+
+    store.run_stage(tmp_path, "pull", config={}, inputs={}, compute=compute)
+    (tmp_path / "pull" / "data.parquet").unlink()
+    store.run_stage(tmp_path, "pull", config={}, inputs={}, compute=compute)
+    pl.DataFrame({"id": ["tampered"]}).write_parquet(tmp_path / "pull" / "data.parquet")
+    store.run_stage(tmp_path, "pull", config={}, inputs={}, compute=compute)
+    assert len(calls) == 3
+
+
+def test_rows_that_do_not_add_up_fail_the_stage(tmp_path):
+    def lossy():
+        result = _result()
+        result.stats.rows_in = 10  # six rows vanished without a reason
+        return result
+
+    with pytest.raises(RuntimeError, match="rows do not add up"):
+        store.run_stage(tmp_path, "pull", config={}, inputs={}, compute=lossy)
+    assert not (tmp_path / "pull" / "manifest.json").exists()
+
+
+def test_downstream_reads_need_a_complete_stage(tmp_path):
+    with pytest.raises(store.StageInputError, match="'pull'.*run it first"):
+        store.read_data(tmp_path, "pull")
+    store.run_stage(tmp_path, "pull", config={}, inputs={}, compute=_result)
+    assert store.read_data(tmp_path, "pull").height == 3
+    assert store.input_hash(tmp_path, "pull") == store.file_hash(tmp_path / "pull" / "data.parquet")
+
+
+def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "data.bin"
+    store.atomic_write_bytes(target, b"old complete content")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        store.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old complete content"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_process_killed_mid_write_never_leaves_a_torn_parquet(tmp_path):
+    """A writer in a loop is SIGKILLed at a random point; the file is always whole."""
+    target = tmp_path / "data.parquet"
+    script = textwrap.dedent(f"""
+        import polars as pl, sys
+        from pathlib import Path
+        from curation.store import write_parquet
+        frame = pl.DataFrame({{"x": list(range(2_000_000))}})
+        write_parquet(frame, Path({str(target)!r}))
+        print("first", flush=True)
+        i = 0
+        while True:
+            i += 1
+            write_parquet(frame.with_columns(pl.col("x") + i), Path({str(target)!r}))
+    """)
+    for delay in (0.05, 0.3, 0.7):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "first"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        frame = pl.read_parquet(target)
+        assert frame.height == 2_000_000
+        assert (frame["x"].diff().drop_nulls() == 1).all()

@@ -1,0 +1,62 @@
+"""The `distillery` command line: every command has help; pull works and fails in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from flows import cli
+
+
+@pytest.mark.parametrize("command", [*cli.STAGES, "run", "serve", "up", "deployments", "card", "model"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: distillery" in capsys.readouterr().out
+
+
+def test_model_check_has_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["model", "check", "--help"])
+    assert "perplexity" in capsys.readouterr().out
+
+
+def test_console_script_pull_with_the_cpu_smoke_profile(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "pull", "--profile", "cpu-smoke", "--run", str(run)],
+                          capture_output=True, text=True, check=True)
+    assert "96 problems kept, 0 rejected" in done.stdout
+    assert (run / "pull" / "manifest.json").is_file()
+    again = subprocess.run([sys.executable, "-m", "flows.cli", "pull", "--run", str(run)],
+                           capture_output=True, text=True, check=True)
+    assert "skipped" in again.stderr
+
+
+def test_pull_from_local_hub_files(tmp_path, shared_data, capsys):
+    code = cli.main(["pull", "--run", str(tmp_path), "--hub-id", "openai/gsm8k",
+                     "--data-files", str(shared_data / "gsm8k" / "test.jsonl"), "--split", "test"])
+    assert code == 0
+    assert "1319 problems kept, 0 rejected" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--hub-id", "openai/gsm8k", "--data-files", "/no/such/file.jsonl"], "data file not found: /no/such/file.jsonl"),
+        (["--hub-id", "acme/unknown"], "unsupported Hub dataset 'acme/unknown'"),
+        (["--set", "teacher.n=0"], "teacher.n"),
+        (["--profile", "gpu"], "unknown profile 'gpu'"),
+    ],
+)
+def test_bad_input_fails_in_one_line(tmp_path, capsys, argv, message):
+    assert cli.main(["pull", "--run", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("distillery pull: error:")
+
+
+def test_commands_of_later_stages_say_they_are_not_there_yet(tmp_path, capsys):
+    assert cli.main(["generate", "--run", str(tmp_path)]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
