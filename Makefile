@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/distillery pull --profile $(PROFILE) --run $(RUN_DIR)
+	$(BIN)/distillery dedup --profile $(PROFILE) --run $(RUN_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

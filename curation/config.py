@@ -77,7 +77,13 @@ class DedupConfig(_Strict):
     threshold: float = Field(default=0.8, gt=0.0, le=1.0)
     num_perm: int = Field(default=128, ge=8)
     shingle: int = Field(default=5, ge=1)
+    bands: int | None = Field(default=None, ge=1)  # None: chosen from threshold, then recorded
+    rows: int | None = Field(default=None, ge=1)
     eval_sets: list[HubSource] = Field(default_factory=list)
+    ngram: int = Field(default=13, ge=3)  # decontamination n-gram length in words
+    max_ngram_df: int = Field(default=10, ge=1)  # n-grams in more training docs are boilerplate
+    index: Literal["local", "redis"] = "local"
+    redis_url: str | None = None
 
 
 class StudentConfig(_Strict):

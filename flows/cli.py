@@ -7,6 +7,7 @@ profile, a YAML config file and `--set key=value` overrides (DESIGN.md "Interfac
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 STAGES = ("pull", "generate", "filter", "dedup", "build", "cards", "sft", "grpo", "eval")
 # Stages whose work lands with later issues; their commands exist so the interface is stable.
 PENDING = {
-    "generate": 6, "filter": 6, "dedup": 7, "build": 8, "cards": 8, "sft": 9, "grpo": 9, "eval": 9,
+    "generate": 6, "filter": 6, "build": 8, "cards": 8, "sft": 9, "grpo": 9, "eval": 9,
     "run": 10, "serve": 10, "up": 10, "deployments": 10, "card": 8, "model": 5,
 }
 STAGE_HELP = {
@@ -97,7 +98,23 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"pull": _pull}
+def _dedup(args: argparse.Namespace) -> int:
+    """`distillery dedup`."""
+    from curation import dedup
+    from curation.config import load_config
+
+    config = load_config(args.profile, args.config, args.sets).dedup
+    manifest = dedup.run(args.run, config, force=args.force)
+    stats = json.loads((args.run / dedup.STAGE / "stats.json").read_text())
+    reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
+    print(f"dedup: {manifest.counts['kept']} problems kept of {manifest.counts['rows_in']}; rejected: {reasons}; "
+          f"LSH {stats['bands']} bands x {stats['rows_per_band']} rows -> {args.run / dedup.STAGE / 'data.parquet'}")
+    for name, count in stats["eval_items"].items():
+        print(f"  contamination vs {name} ({count} items): {stats['contaminated_by'].get(name, 0)} training problems")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"pull": _pull, "dedup": _dedup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,3 +60,20 @@ def test_bad_input_fails_in_one_line(tmp_path, capsys, argv, message):
 def test_commands_of_later_stages_say_they_are_not_there_yet(tmp_path, capsys):
     assert cli.main(["generate", "--run", str(tmp_path)]) == 2
     assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_dedup_after_pull_reports_contamination(tmp_path, shared_data, capsys):
+    run = tmp_path / "gsm" / "v1"
+    assert cli.main(["pull", "--run", str(run), "--hub-id", "openai/gsm8k", "--split", "test",
+                     "--data-files", str(shared_data / "gsm8k" / "test.jsonl")]) == 0
+    eval_sets = f"dedup.eval_sets=[{{kind: hub, id: openai/gsm8k, split: test, data_files: {shared_data}/gsm8k}}]"
+    assert cli.main(["dedup", "--run", str(run), "--set", eval_sets]) == 0
+    out = capsys.readouterr().out
+    # the test set against itself: every problem is a benchmark leak
+    assert "dedup: 0 problems kept of 1319; rejected: 1319 contaminated" in out
+    assert "contamination vs openai/gsm8k (1319 items): 1319 training problems" in out
+
+
+def test_dedup_before_pull_says_to_run_pull_first(tmp_path, capsys):
+    assert cli.main(["dedup", "--run", str(tmp_path / "ds" / "v1")]) == 2
+    assert "stage 'pull' has no complete output" in capsys.readouterr().err

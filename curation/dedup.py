@@ -1,0 +1,294 @@
+"""The dedup stage: decontamination, earlier versions, exact and MinHash near-duplicates.
+
+Order: a problem that leaks a benchmark item is `contaminated` whatever else it is; then a
+problem already in an earlier version of the dataset is `in_earlier_version`; then exact
+copies (normalized text) and near-duplicates (MinHash LSH, transitive clusters) keep their
+first row. Each rejected row names the row it duplicates (`dup_of`) and the estimated Jaccard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from curation import minhash, store
+from curation.config import DedupConfig, HubSource
+from curation.dedup_index import VersionIndex, open_index
+from curation.sources import hub
+
+logger = logging.getLogger(__name__)
+
+STAGE = "dedup"
+INPUT_STAGE = "pull"
+
+
+class DedupReason:
+    """Reject reasons of this stage (values of `reject_reason`)."""
+
+    CONTAMINATED = "contaminated"
+    IN_EARLIER_VERSION = "in_earlier_version"
+    EXACT_DUPLICATE = "exact_duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    """Resolved MinHash/LSH parameters; (bands, rows) are chosen and recorded explicitly."""
+
+    threshold: float
+    num_perm: int
+    shingle: int
+    bands: int
+    rows: int
+    seed: int = 1
+
+    @classmethod
+    def from_config(cls, config: DedupConfig) -> Params:
+        """Fill (bands, rows) from the threshold when the config leaves them out."""
+        bands, rows = config.bands, config.rows
+        if bands is None or rows is None:
+            bands, rows = minhash.choose_bands(config.threshold, config.num_perm)
+        return cls(threshold=config.threshold, num_perm=config.num_perm, shingle=config.shingle,
+                   bands=bands, rows=rows)
+
+
+@dataclass(kw_only=True)
+class DedupStats(store.StageStats):
+    """Dedup figures for the data card."""
+
+    bands: int = 0
+    rows_per_band: int = 0
+    threshold: float = 0.0
+    clusters: int = 0
+    eval_items: dict[str, int] = field(default_factory=dict)
+    contaminated_by: dict[str, int] = field(default_factory=dict)
+    hits: list[dict[str, str]] = field(default_factory=list)
+    earlier_versions: list[str] = field(default_factory=list)
+
+
+def exact_keys(texts: list[str]) -> list[str]:
+    """A short hash of each normalized text: equal keys mean exact duplicates."""
+    return [hashlib.blake2b(t.encode(), digest_size=12).hexdigest() for t in minhash.normalize_many(texts)]
+
+
+def cluster_ids(texts: list[str], *, threshold: float = 0.8, num_perm: int = 128, shingle: int = 5) -> list[int]:
+    """For each text, the index of its cluster's representative (the cluster's first text)."""
+    sigs = minhash.signatures(texts, shingle=shingle, num_perm=num_perm)
+    bands, rows = minhash.choose_bands(threshold, num_perm)
+    return _clusters(sigs, bands, rows, threshold).tolist()
+
+
+def trace_clusters(problem_ids: list[str], texts: list[str], *, threshold: float = 0.8, num_perm: int = 128,
+                   shingle: int = 5) -> list[int]:
+    """Like `cluster_ids`, but only traces of the same problem can share a cluster."""
+    sigs = minhash.signatures(texts, shingle=shingle, num_perm=num_perm)
+    bands, rows = minhash.choose_bands(threshold, num_perm)
+    pairs = minhash.candidate_pairs(sigs, bands, rows)
+    groups = np.asarray(pl.Series(problem_ids).rank("dense").to_numpy())
+    pairs = pairs[groups[pairs[:, 0]] == groups[pairs[:, 1]]]
+    pairs = pairs[minhash.jaccard(sigs, pairs) >= threshold]
+    return minhash.components(len(texts), pairs).tolist()
+
+
+def _clusters(sigs: np.ndarray, bands: int, rows: int, threshold: float) -> np.ndarray:
+    """Representative index per row: LSH candidates kept at estimated Jaccard >= threshold."""
+    pairs = minhash.candidate_pairs(sigs, bands, rows)
+    pairs = pairs[minhash.jaccard(sigs, pairs) >= threshold]
+    return minhash.components(len(sigs), pairs)
+
+
+def _ngram_index(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Sorted 64-bit hashes of every word n-gram of texts, the text each came from, and words."""
+    normalized = minhash.normalize_many(texts)
+    words, lengths = minhash.word_hashes(normalized, {})
+    hashes, counts = minhash.window_hashes(words, lengths, n, short=False, wide=True)
+    owner = np.repeat(np.arange(len(texts)), counts)
+    order = np.argsort(hashes, kind="stable")
+    return hashes[order], owner[order], [t.split(" ") for t in normalized]
+
+
+def contamination(train: list[str], bench: list[str], *, n: int = 13, max_df: int = 10
+                  ) -> dict[int, tuple[int, str]]:
+    """Training texts sharing a word n-gram with a benchmark text: {train idx: (bench idx, n-gram)}.
+
+    N-grams found in more than `max_df` training texts are boilerplate ("how much money does
+    she have left") and are dropped from the benchmark index rather than counted as leaks.
+    """
+    bench_h, bench_owner, _ = _ngram_index(bench, n)
+    train_h, train_owner, train_words = _ngram_index(train, n)
+    hit = np.isin(train_h, bench_h)
+    pairs = np.unique(np.stack([train_h[hit], train_owner[hit].astype(np.uint64)], axis=1), axis=0)
+    if len(pairs) == 0:
+        return {}
+    grams, df = np.unique(pairs[:, 0], return_counts=True)
+    boilerplate = grams[df > max_df]
+    pairs = pairs[~np.isin(pairs[:, 0], boilerplate)]
+    found: dict[int, tuple[int, str]] = {}
+    for gram, doc in pairs:
+        doc = int(doc)
+        if doc in found:
+            continue
+        bench_idx = int(bench_owner[np.searchsorted(bench_h, gram)])
+        words = train_words[doc]
+        found[doc] = (bench_idx, _find_gram(words, gram, n))
+    return found
+
+
+def _find_gram(words: list[str], gram: np.uint64, n: int) -> str:
+    """The text of the n-gram with this hash in a word list (for the report)."""
+    hashes, lengths = minhash.word_hashes([" ".join(words)], {})
+    windows, _ = minhash.window_hashes(hashes, lengths, n, short=False, wide=True)
+    position = int(np.flatnonzero(windows == gram)[0])
+    return " ".join(words[position : position + n])
+
+
+def _reject(frame: pl.DataFrame, rows: list[int], reason: str, dup_of: list[str], jaccard: list[float],
+            detail: list[str]) -> pl.DataFrame:
+    """Rejected rows of frame with reason, the row they duplicate, Jaccard and detail."""
+    return frame[rows].with_columns(
+        reject_reason=pl.lit(reason), reject_detail=pl.Series(detail, dtype=pl.String),
+        dup_of=pl.Series(dup_of, dtype=pl.String), jaccard=pl.Series(jaccard, dtype=pl.Float64))
+
+
+def load_eval_sets(eval_sets: list[HubSource]) -> pl.DataFrame:
+    """Problems of the benchmark sets (source, source_id, problem) to decontaminate against."""
+    frames = [hub.load(s.id, s.data_files, s.split, config=s.config, revision=s.revision, limit=s.limit)[0]
+              for s in eval_sets]
+    if not frames:
+        return pl.DataFrame(schema={"source": pl.String, "source_id": pl.String, "problem": pl.String})
+    return pl.concat(frames).select("source", "source_id", "problem")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupOutput:
+    """The stage result, plus what the version index stores of the kept rows."""
+
+    result: store.StageResult
+    keys: list[str]
+    signatures: np.ndarray
+
+
+def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: VersionIndex,
+          *, ngram: int = 13, max_df: int = 10) -> DedupOutput:
+    """Split problems into kept and rejected (contaminated, in earlier versions, duplicates)."""
+    started = time.time()
+    texts = problems["problem"].to_list()
+    keys = exact_keys(texts)
+    sigs = minhash.signatures(texts, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed)
+    ids = problems["id"].to_list()
+    rejected_parts: list[pl.DataFrame] = []
+    alive = np.ones(len(texts), dtype=bool)
+    stats = DedupStats(rows_in=len(texts), kept=0, rejected=0, bands=params.bands, rows_per_band=params.rows,
+                       threshold=params.threshold, earlier_versions=earlier.versions())
+    for source, count in bench.group_by("source", maintain_order=True).len().iter_rows():
+        stats.eval_items[source] = count
+
+    # 1. Benchmark leakage: shared n-grams, or a MinHash near-duplicate of a benchmark item.
+    if bench.height:
+        bench_names = [f"{s}:{i}" for s, i in bench.select("source", "source_id").iter_rows()]
+        bench_sigs = minhash.signatures(bench["problem"].to_list(), shingle=params.shingle,
+                                        num_perm=params.num_perm, seed=params.seed)
+        leaks = {doc: (b, f"shares the {ngram}-gram '{gram}'", float((sigs[doc] == bench_sigs[b]).mean()))
+                 for doc, (b, gram) in contamination(texts, bench["problem"].to_list(), n=ngram,
+                                                     max_df=max_df).items()}
+        for doc, b, j in _cross_matches(sigs, bench_sigs, params):
+            leaks.setdefault(doc, (b, f"MinHash near-duplicate (Jaccard {j:.2f})", j))
+        rows = sorted(leaks)
+        rejected_parts.append(_reject(problems, rows, DedupReason.CONTAMINATED,
+                                      [bench_names[leaks[r][0]] for r in rows], [leaks[r][2] for r in rows],
+                                      [leaks[r][1] for r in rows]))
+        for r in rows:
+            name = bench_names[leaks[r][0]]
+            stats.contaminated_by[name.split(":")[0]] = stats.contaminated_by.get(name.split(":")[0], 0) + 1
+            stats.hits.append({"id": ids[r], "benchmark_item": name, "how": leaks[r][1]})
+        alive[rows] = False
+
+    # 2. Rows already in an earlier version of this dataset (exact or near).
+    matches = earlier.match([keys[i] for i in np.flatnonzero(alive)], sigs[alive], params)
+    rows = [int(i) for i, m in zip(np.flatnonzero(alive), matches) if m is not None]
+    found = [m for m in matches if m is not None]
+    rejected_parts.append(_reject(problems, rows, DedupReason.IN_EARLIER_VERSION, [f[0] for f in found],
+                                  [f[1] for f in found], [f"already in version {f[2]}" for f in found]))
+    alive[rows] = False
+
+    # 3. Exact, then near-duplicates within this version; the first row of a cluster stays.
+    live = np.flatnonzero(alive)
+    first_of: dict[str, int] = {}
+    exact = [(int(i), first_of.setdefault(keys[i], int(i))) for i in live]
+    dupes = [(i, f) for i, f in exact if i != f]
+    rejected_parts.append(_reject(problems, [i for i, _ in dupes], DedupReason.EXACT_DUPLICATE,
+                                  [ids[f] for _, f in dupes], [1.0] * len(dupes),
+                                  ["same text after normalization"] * len(dupes)))
+    alive[[i for i, _ in dupes]] = False
+    live = np.flatnonzero(alive)
+    rep = live[_clusters(sigs[live], params.bands, params.rows, params.threshold)]
+    near = [(int(i), int(r)) for i, r in zip(live, rep) if i != r]
+    near_j = [float((sigs[i] == sigs[r]).mean()) for i, r in near]
+    rejected_parts.append(_reject(problems, [i for i, _ in near], DedupReason.NEAR_DUPLICATE,
+                                  [ids[r] for _, r in near], near_j,
+                                  [f"MinHash cluster of {ids[r]}" for _, r in near]))
+    alive[[i for i, _ in near]] = False
+    stats.clusters = int(len(np.unique(rep)))
+
+    kept = problems.filter(pl.Series(alive))
+    rejected = pl.concat(rejected_parts, how="vertical")
+    stats.kept, stats.rejected = kept.height, rejected.height
+    stats.reasons = store.reason_counts(rejected)
+    stats.seconds = round(time.time() - started, 3)
+    return DedupOutput(result=store.StageResult(kept=kept, rejected=rejected, stats=stats),
+                       keys=[k for k, a in zip(keys, alive) if a], signatures=sigs[alive])
+
+
+def _cross_matches(sigs: np.ndarray, other: np.ndarray, params: Params) -> list[tuple[int, int, float]]:
+    """(row of sigs, row of other, Jaccard) for LSH candidates across the two at >= threshold."""
+    if len(sigs) == 0 or len(other) == 0:
+        return []
+    stacked = np.concatenate([sigs, other])
+    pairs = minhash.candidate_pairs(stacked, params.bands, params.rows)
+    pairs = pairs[(pairs[:, 0] < len(sigs)) & (pairs[:, 1] >= len(sigs))]
+    scores = minhash.jaccard(stacked, pairs)
+    keep = scores >= params.threshold
+    return [(int(i), int(j) - len(sigs), float(s)) for (i, j), s in zip(pairs[keep], scores[keep])]
+
+
+def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Manifest:
+    """Run the dedup stage on the pull output of `run_dir`; record kept rows in the version index."""
+    params = Params.from_config(config)
+    problems = store.read_data(run_dir, INPUT_STAGE)
+    index = open_index(config, run_dir, params)
+    inputs = {INPUT_STAGE: store.input_hash(run_dir, INPUT_STAGE), **index.fingerprint()}
+    for source in config.eval_sets:  # benchmark files are inputs too: a changed file recomputes
+        if source.data_files:
+            files = source.data_files if isinstance(source.data_files, list) else [source.data_files]
+            inputs.update({f"eval:{f}": _path_hash(Path(f)) for f in files})
+    stage_config = {**config.model_dump(mode="json"), "bands": params.bands, "rows": params.rows}
+
+    def compute() -> store.StageResult:
+        output = dedup(problems, load_eval_sets(config.eval_sets), params, index, ngram=config.ngram,
+                       max_df=config.max_ngram_df)
+        # Safe before the manifest: a version never counts as earlier than itself.
+        index.add(output.result.kept["id"].to_list(), output.keys, output.signatures)
+        return output.result
+
+    manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute, force=force)
+    if not index.has_current():  # skipped stage whose index entry was lost: rebuild it
+        kept = store.read_data(run_dir, STAGE)["problem"].to_list()
+        index.add(store.read_data(run_dir, STAGE)["id"].to_list(), exact_keys(kept),
+                  minhash.signatures(kept, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed))
+    return manifest
+
+
+def _path_hash(path: Path) -> str:
+    """Content hash of a file, or of all files under a folder."""
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(store.file_hash(file).encode())
+        return digest.hexdigest()
+    return store.file_hash(path) if path.is_file() else "missing"
