@@ -4,8 +4,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SLOW_STAMP := $(VENV)/.installed-llama
 RUN_DIR ?= runs/demo/v1
 PROFILE ?= cpu-smoke
+# uv when present, else pip; one function so both targets install the same way
+pip_install = if command -v uv >/dev/null 2>&1; then uv pip install --python $(BIN)/python $(1); \
+	else $(BIN)/python -m pip install --quiet $(1); fi
 
 .PHONY: install run test test-slow clean
 
@@ -14,13 +18,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "distillery needs Python >= 3.11, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
-	@if command -v uv >/dev/null 2>&1; then \
-		uv pip install --python $(BIN)/python -e '.[dev]'; \
-	else \
-		$(BIN)/python -m pip install --quiet --upgrade pip && \
-		$(BIN)/python -m pip install --quiet -e '.[dev]'; \
-	fi
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(call pip_install,-e '.[dev]')
 	@touch $(STAMP)
+
+# llama-cpp-python builds from source (3-14 minutes on 2 cores); pip's wheel cache keeps the build.
+$(SLOW_STAMP): $(STAMP)
+	@$(call pip_install,-e '.[dev,llama]')
+	@touch $(SLOW_STAMP)
 
 run: $(STAMP)
 	$(BIN)/distillery pull --profile $(PROFILE) --run $(RUN_DIR)
@@ -29,7 +34,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(SLOW_STAMP)
 	$(BIN)/python -m pytest -m slow
 
 clean:

@@ -55,6 +55,31 @@ def extract(text: str | None) -> str | None:
     return None
 
 
+_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
+
+
+def format_problem(text: str | None) -> str | None:
+    """Why a completion is not exactly one reasoning block then one answer block, or None if it is."""
+    if not text:
+        return "empty completion"
+    counts = {tag: text.count(tag) for tag in _TAGS}
+    wrong = [f"{tag} x{n}" for tag, n in counts.items() if n != 1]
+    if wrong:
+        return "needs each tag exactly once: " + ", ".join(wrong)
+    positions = [text.index(tag) for tag in _TAGS]
+    if positions != sorted(positions):
+        return "tags out of order (expected <reasoning>...</reasoning><answer>...</answer>)"
+    reasoning = text[positions[0] + len(_TAGS[0]) : positions[1]].strip()
+    answer = text[positions[2] + len(_TAGS[2]) : positions[3]].strip()
+    outside = (text[: positions[0]] + text[positions[1] + len(_TAGS[1]) : positions[2]]
+               + text[positions[3] + len(_TAGS[3]) :]).strip()
+    if not reasoning or not answer:
+        return "empty reasoning or answer block"
+    if outside:
+        return f"text outside the blocks: {outside[:40]!r}"
+    return None
+
+
 def _single(candidates: list[str]) -> str | None:
     """The one distinct non-empty candidate, or None when there are several or none."""
     distinct = {c.strip() for c in candidates if c.strip()}

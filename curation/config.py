@@ -60,15 +60,25 @@ class TeacherConfig(_Strict):
     api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
     n: int = Field(default=4, ge=1)
     temperature: float = Field(default=0.8, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=256, ge=1)
     concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
+    style: Literal["chat", "completion"] = "chat"  # completion: few-shot text for base models
+    native_n: bool = True  # ask for n choices in one request; falls back to one request per sample
+    max_attempts: int = Field(default=6, ge=1)  # per request, retries included
 
 
 class FilterConfig(_Strict):
-    """Trace filtering."""
+    """Trace filtering and best-of-N selection."""
 
     keep_per_problem: int = Field(default=2, ge=1)
+    min_tokens: int = Field(default=4, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)  # None: anything the teacher finished
+    max_repeated_ngram_share: float = Field(default=0.5, gt=0.0, le=1.0)  # degenerate loops
+    min_latin_share: float = Field(default=0.9, ge=0.0, le=1.0)  # target language: English
+    similar_threshold: float = Field(default=0.8, gt=0.0, le=1.0)  # near-identical traces of one problem
+    check_deadline_s: float = Field(default=10.0, gt=0)  # per answer check, in a process pool
 
 
 class DedupConfig(_Strict):

@@ -125,6 +125,7 @@ class StageResult:
     kept: pl.DataFrame
     rejected: pl.DataFrame
     stats: StageStats
+    extra: dict[str, pl.DataFrame] = field(default_factory=dict)  # more tables: <name>.parquet
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,12 +214,15 @@ def run_stage(
     write_parquet(result.kept, stage_dir / DATA)
     write_parquet(result.rejected, stage_dir / REJECTED)
     write_json(dataclasses.asdict(stats), stage_dir / STATS)
+    extra = [f"{name}.parquet" for name in result.extra]
+    for name, frame in result.extra.items():
+        write_parquet(frame, stage_dir / f"{name}.parquet")
     manifest = Manifest(
         stage=stage,
         key=key,
         config=config,
         inputs=inputs,
-        outputs={name: file_hash(stage_dir / name) for name in (DATA, REJECTED, STATS)},
+        outputs={name: file_hash(stage_dir / name) for name in (DATA, REJECTED, STATS, *extra)},
         counts={"rows_in": stats.rows_in, "kept": stats.kept, "rejected": stats.rejected},
         code_version=code_version(),
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

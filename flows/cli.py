@@ -13,10 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-STAGES = ("pull", "generate", "filter", "dedup", "build", "cards", "sft", "grpo", "eval")
+STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
 # Stages whose work lands with later issues; their commands exist so the interface is stable.
 PENDING = {
-    "generate": 6, "filter": 6, "build": 8, "cards": 8, "sft": 9, "grpo": 9, "eval": 9,
+    "build": 8, "cards": 8, "sft": 9, "grpo": 9, "eval": 9,
     "run": 10, "serve": 10, "up": 10, "deployments": 10, "card": 8, "model": 5,
 }
 STAGE_HELP = {
@@ -114,7 +114,37 @@ def _dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"pull": _pull, "dedup": _dedup}
+def _generate(args: argparse.Namespace) -> int:
+    """`distillery generate`."""
+    from curation import generate
+    from curation.config import load_config
+
+    config = load_config(args.profile, args.config, args.sets)
+    manifest = generate.run(args.run, config.teacher, seed=config.seed, force=args.force)
+    stats = json.loads((args.run / generate.STAGE / "stats.json").read_text())
+    print(f"generate: {manifest.counts['kept']} samples of {manifest.counts['rows_in']} "
+          f"({stats['from_cache']} from the request cache, {stats['requests_sent']} requests sent), "
+          f"{manifest.counts['rejected']} teacher errors -> {args.run / generate.STAGE / 'data.parquet'}")
+    return 0
+
+
+def _filter(args: argparse.Namespace) -> int:
+    """`distillery filter`."""
+    from curation import filters
+    from curation.config import load_config
+
+    config = load_config(args.profile, args.config, args.sets).filter
+    manifest = filters.run(args.run, config, force=args.force)
+    stats = json.loads((args.run / filters.STAGE / "stats.json").read_text())
+    reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
+    print(f"filter: {manifest.counts['kept']} traces kept of {manifest.counts['rows_in']} "
+          f"for {stats['problems_with_a_trace']}/{stats['problems']} problems; mean pass rate "
+          f"{stats['mean_pass_rate']:.2f}; rejected: {reasons} -> {args.run / filters.STAGE / 'data.parquet'}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "pull": _pull, "dedup": _dedup, "generate": _generate, "filter": _filter}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for chatty in ("httpx", "httpx2", "openai"):  # one line per HTTP request drowns the progress bar
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     handler = COMMANDS.get(args.command)
     if handler is None:
         print(f"distillery {args.command}: not implemented yet (issue #{PENDING[args.command]})", file=sys.stderr)

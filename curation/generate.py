@@ -1,0 +1,124 @@
+"""The generate stage: every problem -> n teacher samples, as rows of the generations table.
+
+A request that still fails after its retries is a rejected row with its error, never an
+exception that loses the batch. Finished samples live in `generate/requests.jsonl`, so a
+killed run resumes without asking the teacher again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from curation import store
+from curation.config import TeacherConfig
+from curation.teacher import Completion, SamplingParams, Teacher, prompts
+from curation.teacher.cache import RequestCache
+
+logger = logging.getLogger(__name__)
+
+STAGE = "generate"
+INPUT_STAGE = "dedup"
+CACHE_FILE = "requests.jsonl"
+
+GENERATION_SCHEMA = pl.Schema({
+    "problem_id": pl.String, "sample_idx": pl.Int32, "teacher": pl.String, "prompt": pl.String,
+    "completion": pl.String, "finish_reason": pl.String, "prompt_tokens": pl.Int32,
+    "completion_tokens": pl.Int32, "latency_s": pl.Float64, "attempts": pl.Int32, "cached": pl.Boolean,
+    "error": pl.String,
+})
+
+
+@dataclass(kw_only=True)
+class GenerateStats(store.StageStats):
+    """Teacher figures for the data card."""
+
+    teacher: str = ""
+    samples_per_problem: int = 0
+    from_cache: int = 0
+    requests_sent: int = 0
+    completion_tokens: int = 0
+    tokens_per_s: float = 0.0
+
+
+def sampling_params(config: TeacherConfig) -> SamplingParams:
+    """The sampling parameters of a teacher config."""
+    return SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                          max_new_tokens=config.max_new_tokens)
+
+
+def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, seed: int = 0) -> Teacher:
+    """The configured teacher backend; the API key is read from the named variable, never stored."""
+    if config.backend == "openai":
+        from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
+
+        if not config.base_url:
+            raise ValueError("teacher.backend=openai needs teacher.base_url, e.g. http://127.0.0.1:8000/v1")
+        api_key = os.environ.get(config.api_key_env)
+        if api_key is None:
+            logger.info("no API key in $%s; sending none (fine for local servers)", config.api_key_env)
+        return OpenAITeacher(base_url=config.base_url, model=config.model, api_key=api_key, style=config.style,
+                             concurrency=config.concurrency, timeout_s=config.timeout_s,
+                             retry=RetryPolicy(max_attempts=config.max_attempts), native_n=config.native_n,
+                             cache=cache, seed=seed)
+    raise LookupError(f"teacher.backend={config.backend!r} is not available yet (the Tunix teacher lands with "
+                      f"the embedded-model work); use teacher.backend=openai with a teacher.base_url")
+
+
+def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) -> store.StageResult:
+    """Ask the teacher for n samples of every problem; errors become rejected rows."""
+    started = time.time()
+    built = [prompts.build(problem, source) for problem, source in problems.select("problem", "source").iter_rows()]
+    params = sampling_params(config)
+    completions = teacher.generate(built, params)
+    ids = problems["id"].to_list()
+    shown = [json.dumps(list(p.messages), ensure_ascii=False) if config.style == "chat" else p.text for p in built]
+    frame = pl.DataFrame([_row(c, ids, shown, teacher.name) for c in completions], schema=GENERATION_SCHEMA,
+                         orient="row")
+    kept = frame.filter(pl.col("error").is_null())
+    rejected = frame.filter(pl.col("error").is_not_null()).with_columns(
+        reject_reason=pl.lit("teacher_error"), reject_detail=pl.col("error"))
+    elapsed = time.time() - started
+    tokens = int(kept["completion_tokens"].fill_null(0).sum())
+    stats = GenerateStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
+                          reasons=store.reason_counts(rejected), seconds=round(elapsed, 3), teacher=teacher.name,
+                          samples_per_problem=config.n, from_cache=int(frame["cached"].sum()),
+                          requests_sent=getattr(teacher, "requests_sent", 0), completion_tokens=tokens,
+                          tokens_per_s=round(tokens / max(elapsed, 1e-9), 1))
+    return store.StageResult(kept=kept, rejected=rejected, stats=stats)
+
+
+def _row(c: Completion, ids: list[str], shown: list[str], teacher: str) -> dict[str, object]:
+    return {"problem_id": ids[c.prompt_idx], "sample_idx": c.sample_idx, "teacher": teacher,
+            "prompt": shown[c.prompt_idx], "completion": c.text, "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "latency_s": round(c.latency_s, 4), "attempts": c.attempts, "cached": c.cached, "error": c.error}
+
+
+def run(run_dir: Path, config: TeacherConfig, *, seed: int = 0, force: bool = False,
+        teacher: Teacher | None = None) -> store.Manifest:
+    """Run the generate stage on the dedup output of `run_dir`, resuming from the request cache."""
+    problems = store.read_data(run_dir, INPUT_STAGE)
+    stage_config = {**config.model_dump(mode="json", exclude={"concurrency", "timeout_s", "max_attempts"}),
+                    "template": prompts.template_version(), "seed": seed}
+    inputs = {INPUT_STAGE: store.input_hash(run_dir, INPUT_STAGE)}
+
+    def compute() -> store.StageResult:
+        cache = RequestCache(run_dir / STAGE / CACHE_FILE)
+        try:
+            return generate(problems, teacher or make_teacher(config, cache, seed=seed), config)
+        finally:
+            cache.close()
+
+    previous = store.complete_manifest(run_dir / STAGE)
+    if previous is not None and previous.counts["rejected"] and not force:
+        # Failed samples are not a final answer: ask again (finished ones come from the cache).
+        logger.info("generate: retrying %d samples that failed last time", previous.counts["rejected"])
+        force = True
+    return store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute, force=force)

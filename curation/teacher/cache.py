@@ -1,0 +1,60 @@
+"""An append-only on-disk cache of finished teacher requests, so a killed run resumes.
+
+One JSON line per finished sample, flushed as it lands: a process killed at any point
+loses at most the line being written, which is skipped (and logged) on the next load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def request_key(model: str, prompt: Any, params: dict[str, Any], sample_idx: int) -> str:
+    """The identity of one sample: model, prompt, sampling params (not n) and sample index."""
+    payload = json.dumps({"model": model, "prompt": prompt, "params": params, "sample": sample_idx},
+                         sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class RequestCache:
+    """Finished samples by request key, backed by a JSONL file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._entries: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    try:
+                        entry = json.loads(line)
+                        self._entries[entry["key"]] = entry
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        logger.warning("%s:%d: skipping a torn cache line (a killed run)", path, number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = path.open("a", encoding="utf-8")
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self._handle.write("\n")  # end a torn line so the next entry starts clean
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The cached sample, or None."""
+        return self._entries.get(key)
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Record a finished sample and flush it to the OS at once."""
+        entry = {**entry, "key": key}
+        self._entries[key] = entry
+        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()

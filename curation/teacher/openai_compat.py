@@ -1,0 +1,222 @@
+"""A teacher behind any OpenAI-compatible endpoint: vLLM, SGLang, Ollama, llama.cpp, Gemini, OpenAI.
+
+The SDK's own retries are off (`max_retries=0`): this module's policy is the only one,
+visible and counted. It retries 429, 5xx, timeouts, connection errors and malformed
+responses with exponential backoff and full jitter, waiting at least what `Retry-After`
+asks. Every finished sample goes to the request cache at once, so a killed run resumes
+without asking again, and an identical re-run asks nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import openai
+from tqdm.auto import tqdm
+
+from curation.teacher import Completion, Prompt, SamplingParams, close_answer
+from curation.teacher.cache import RequestCache, request_key
+from curation.teacher.prompts import COMPLETION_STOPS
+
+logger = logging.getLogger(__name__)
+
+Style = Literal["chat", "completion"]
+
+
+class MalformedResponse(Exception):
+    """The server answered 200 with something that is not a usable completion."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped; `Retry-After` is a floor."""
+
+    max_attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before attempt number `attempt + 1`."""
+        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+        return max(backoff, min(retry_after, self.cap_s)) if retry_after is not None else backoff
+
+
+def retry_after_seconds(error: Exception) -> float | None:
+    """The server's `Retry-After` (seconds or an HTTP date), if the error carries one."""
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _retryable(error: Exception) -> bool:
+    """429, 5xx, timeouts, dropped connections and malformed bodies are worth another try."""
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code == 429 or error.status_code >= 500
+    return isinstance(error, (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse))
+
+
+class OpenAITeacher:
+    """`Teacher` over an OpenAI-compatible server, with bounded concurrency and a request cache."""
+
+    def __init__(self, *, base_url: str, model: str, api_key: str | None, style: Style = "chat",
+                 concurrency: int = 8, timeout_s: float = 60.0, retry: RetryPolicy = RetryPolicy(),
+                 native_n: bool = True, cache: RequestCache | None = None, seed: int = 0,
+                 progress: bool = True):
+        self.name = model
+        self.base_url = base_url
+        self.api_key = api_key or "not-set"  # local servers need none; the SDK needs a string
+        self.style = style
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.native_n = native_n
+        self.cache = cache
+        self.progress = progress
+        self._rng = random.Random(seed)
+        self.requests_sent = 0  # HTTP requests, retries included: what a resumed run must not repeat
+
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
+        """n completions per prompt; failures become Completion rows with `error` set."""
+        return asyncio.run(self._generate(prompts, params))
+
+    def _prompt_payload(self, prompt: Prompt) -> Any:
+        return list(prompt.messages) if self.style == "chat" else prompt.text
+
+    def _stops(self, params: SamplingParams) -> tuple[str, ...]:
+        return params.stop + (COMPLETION_STOPS if self.style == "completion" else ())
+
+    def _params_payload(self, params: SamplingParams) -> dict[str, Any]:
+        return {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
+                "stop": list(self._stops(params)), "style": self.style}
+
+    async def _generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s,
+                                    max_retries=0)
+        semaphore = asyncio.Semaphore(self.concurrency)
+        results: dict[tuple[int, int], Completion] = {}
+        jobs: list[tuple[int, list[int]]] = []
+        payload_params = self._params_payload(params)
+        keys = {}
+        for p, prompt in enumerate(prompts):
+            payload = self._prompt_payload(prompt)
+            missing = []
+            for s in range(params.n):
+                keys[p, s] = request_key(self.name, payload, payload_params, s)
+                hit = self.cache.get(keys[p, s]) if self.cache is not None else None
+                if hit is not None:
+                    results[p, s] = _from_cache(p, s, hit)
+                else:
+                    missing.append(s)
+            if missing:
+                jobs += [(p, missing)] if self.native_n else [(p, [s]) for s in missing]
+        bar = tqdm(total=len(prompts) * params.n, initial=len(results), desc=f"teacher {self.name}",
+                   unit="sample", disable=not self.progress, dynamic_ncols=True)
+        tokens = 0
+        started = time.perf_counter()
+
+        async def run(p: int, samples: list[int]) -> None:
+            nonlocal tokens
+            async with semaphore:
+                done = await self._ask(client, prompts[p], p, samples, params)
+            # A server that ignores `n` returns fewer choices: ask for the rest one by one.
+            short = [s for s in samples if s not in done]
+            if short:
+                self.native_n = False
+                await asyncio.gather(*(run(p, [s]) for s in short))
+            for s, completion in done.items():
+                results[p, s] = completion
+                if self.cache is not None and completion.error is None:
+                    self.cache.put(keys[p, s], _to_cache(completion))
+                tokens += completion.completion_tokens or 0
+                bar.update(1)
+            bar.set_postfix(tok_per_s=f"{tokens / max(1e-9, time.perf_counter() - started):.0f}", refresh=False)
+
+        try:
+            await asyncio.gather(*(run(p, samples) for p, samples in jobs))
+        finally:
+            bar.close()
+            await client.close()
+        return [results[p, s] for p in range(len(prompts)) for s in range(params.n)]
+
+    async def _ask(self, client: openai.AsyncOpenAI, prompt: Prompt, p: int, samples: list[int],
+                   params: SamplingParams) -> dict[int, Completion]:
+        """One request for len(samples) choices, retried by the policy; errors become rows."""
+        started = time.perf_counter()
+        last_error = ""
+        for attempt in range(self.retry.max_attempts):
+            self.requests_sent += 1
+            try:
+                choices, usage = await self._request(client, prompt, len(samples), params)
+            except Exception as error:  # noqa: BLE001 - classified below; nothing escapes as a crash
+                last_error = f"{type(error).__name__}: {_describe(error)}"
+                if not _retryable(error) or attempt == self.retry.max_attempts - 1:
+                    break
+                wait = self.retry.delay(attempt, retry_after_seconds(error), self._rng)
+                logger.debug("retrying in %.2f s after %s", wait, last_error)
+                await asyncio.sleep(wait)
+                continue
+            latency = time.perf_counter() - started
+            per_choice = usage[1] if len(choices) == 1 else None  # usage is summed over choices
+            return {s: Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=reason,
+                                  prompt_tokens=usage[0], completion_tokens=per_choice, latency_s=latency,
+                                  attempts=attempt + 1, cached=False)
+                    for s, (text, reason) in zip(samples, choices)}
+        latency = time.perf_counter() - started
+        logger.warning("teacher request failed after %d attempts: %s", attempt + 1, last_error)
+        return {s: Completion(prompt_idx=p, sample_idx=s, text=None, finish_reason=None, prompt_tokens=None,
+                              completion_tokens=None, latency_s=latency, attempts=attempt + 1, cached=False,
+                              error=last_error) for s in samples}
+
+    async def _request(self, client: openai.AsyncOpenAI, prompt: Prompt, n: int, params: SamplingParams
+                       ) -> tuple[list[tuple[str, str | None]], tuple[int | None, int | None]]:
+        """Send one request; return [(text, finish_reason)] and (prompt_tokens, completion_tokens)."""
+        common = {"model": self.name, "n": n, "temperature": params.temperature, "top_p": params.top_p,
+                  "max_tokens": params.max_new_tokens, "stop": list(self._stops(params))}
+        if self.style == "chat":
+            response = await client.chat.completions.create(messages=list(prompt.messages), **common)
+        else:
+            response = await client.completions.create(prompt=prompt.text, **common)
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise MalformedResponse(f"response has no choices: {str(response)[:200]!r}")
+        texts = []
+        for choice in choices:
+            text = choice.message.content if self.style == "chat" else choice.text
+            if not isinstance(text, str):
+                raise MalformedResponse(f"choice {choice.index} has no text")
+            text = close_answer(prompt.text_prefix + text if self.style == "completion" else text,
+                                choice.finish_reason, params.stop)
+            texts.append((text, choice.finish_reason))
+        usage = getattr(response, "usage", None)
+        return texts, (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+
+
+def _describe(error: Exception) -> str:
+    """A short message for an error row (status and body excerpt, never headers or keys)."""
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}: {str(error.message)[:200]}"
+    return str(error)[:200]
+
+
+def _to_cache(completion: Completion) -> dict[str, Any]:
+    return {"text": completion.text, "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "latency_s": completion.latency_s, "attempts": completion.attempts}
+
+
+def _from_cache(p: int, s: int, entry: dict[str, Any]) -> Completion:
+    return Completion(prompt_idx=p, sample_idx=s, text=entry["text"], finish_reason=entry["finish_reason"],
+                      prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"],
+                      latency_s=entry["latency_s"], attempts=entry["attempts"], cached=True)

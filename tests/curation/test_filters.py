@@ -1,0 +1,99 @@
+"""Trace filters: every rejected trace keeps its reason; best-of-N; pass rates; one verifier."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from curation import answers, filters, verifier
+from curation.config import FilterConfig
+from curation.sources import procedural
+from curation.teacher.prompts import format_trace
+
+REASONING = "We add the numbers one at a time and check the sum twice to be sure it is right."
+
+
+def _problems() -> pl.DataFrame:
+    kept, _ = procedural.load("basic_arithmetic", 3, seed=1)
+    return kept
+
+
+def _generations(problems: pl.DataFrame, traces: list[tuple[int, str, str]]) -> pl.DataFrame:
+    """traces: (problem row, completion, finish_reason)."""
+    ids = problems["id"].to_list()
+    rows = [{"problem_id": ids[p], "sample_idx": i, "completion": text, "finish_reason": finish,
+             "completion_tokens": None} for i, (p, text, finish) in enumerate(traces)]
+    return pl.DataFrame(rows, schema={"problem_id": pl.String, "sample_idx": pl.Int32, "completion": pl.String,
+                                      "finish_reason": pl.String, "completion_tokens": pl.Int32})
+
+
+def test_each_failure_has_its_reason_and_nothing_is_dropped():
+    problems = _problems()
+    gold = problems["answer"].to_list()
+    wrong = str(int(gold[0]) + 1)
+    traces = [
+        (0, format_trace(REASONING, gold[0]), "stop"),  # kept
+        (0, format_trace(REASONING, gold[0]), "length"),  # truncated
+        (0, f"The answer is {gold[0]}", "stop"),  # no tags
+        (0, format_trace(REASONING, wrong), "stop"),  # wrong answer
+        (0, format_trace(" ".join(["add one more"] * 40), gold[0]), "stop"),  # degenerate loop
+        (0, format_trace("我们把这些数字加起来然后得到答案，再检查一遍结果是否正确。", gold[0]), "stop"),  # language
+        (0, format_trace("ok", gold[0]), "stop"),  # too short
+        (1, format_trace(REASONING, gold[1]) + " and more", "stop"),  # text outside the blocks
+    ]
+    result = filters.filter_traces(_generations(problems, traces), problems, FilterConfig(min_tokens=16))
+    assert result.kept.height + result.rejected.height == len(traces)
+    by_sample = dict(zip(result.rejected["sample_idx"].to_list(), result.rejected["reject_reason"].to_list()))
+    assert by_sample == {1: "truncated", 2: "bad_format", 3: "wrong_answer", 4: "repetitive",
+                         5: "wrong_language", 6: "too_short", 7: "bad_format"}
+    assert result.kept["sample_idx"].to_list() == [0]
+    assert result.rejected.filter(pl.col("sample_idx") == 3)["reject_detail"][0] == (
+        f"answered {wrong!r}, gold {gold[0]!r}")
+
+
+def test_best_of_n_keeps_k_shortest_distinct_traces_and_records_pass_rates():
+    problems = _problems()
+    gold = problems["answer"][0]
+    long_reasoning = " ".join(f"step {i} checks the partial sum again" for i in range(12))
+    traces = [
+        (0, format_trace(long_reasoning, gold), "stop"),
+        (0, format_trace(REASONING, gold), "stop"),
+        (0, format_trace(REASONING, gold), "stop"),  # identical to the one before
+        (0, format_trace("First add, then verify the result by subtracting it back.", gold), "stop"),
+        (1, format_trace(REASONING, "-999999"), "stop"),
+    ]
+    result = filters.filter_traces(_generations(problems, traces), problems, FilterConfig(keep_per_problem=2))
+    reasons = dict(zip(result.rejected["sample_idx"].to_list(), result.rejected["reject_reason"].to_list()))
+    assert reasons == {0: "best_of_n_surplus", 2: "near_duplicate_trace", 4: "wrong_answer"}
+    assert sorted(result.kept["sample_idx"].to_list()) == [1, 3]
+    rates = dict(zip(*result.extra["pass_rates"].select("problem_id", "pass_rate").to_dict(as_series=False).values()))
+    ids = problems["id"].to_list()
+    assert rates == {ids[0]: 1.0, ids[1]: 0.0, ids[2]: None}
+    assert result.kept["pass_rate"].to_list() == [1.0, 1.0]
+    assert result.stats.problems == 3 and result.stats.problems_with_a_trace == 1
+
+
+def test_a_pathological_answer_does_not_stall_the_stage():
+    problems = pl.DataFrame({"id": ["p"], "source": ["test"], "answer": ["5"], "meta": ["{}"]})
+    traces = _generations(problems.with_columns(), [(0, format_trace(REASONING, "9^{9^{9^9}}"), "stop")])
+    result = filters.filter_traces(traces, problems, FilterConfig(check_deadline_s=3))
+    assert result.rejected["reject_reason"].to_list()[0] in ("unverifiable", "wrong_answer")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (format_trace("r", "1"), None),
+    ("<reasoning>r</reasoning><answer>1</answer><answer>2</answer>", "needs each tag exactly once"),
+    ("<answer>1</answer><reasoning>r</reasoning>", "out of order"),
+    ("<reasoning> </reasoning><answer>1</answer>", "empty reasoning"),
+    ("", "empty completion"),
+])
+def test_format_check(text, problem):
+    found = answers.format_problem(text)
+    assert found == problem if problem is None else problem in found
+
+
+def test_verifier_accepts_the_generator_score_for_procedural_problems():
+    kept, _ = procedural.load("fraction_simplification", 4, seed=2)
+    row = kept.row(0, named=True)
+    completions = [format_trace(REASONING, row["answer"]), format_trace(REASONING, "1/1")]
+    assert verifier.verdicts(completions, [row["answer"]] * 2, [row["source"]] * 2, [row["meta"]] * 2) == [True, False]

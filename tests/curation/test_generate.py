@@ -1,0 +1,166 @@
+"""The OpenAI-compatible teacher and the generate stage: retries, timeouts, resume, error rows."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+
+from curation import generate, pull, dedup, store
+from curation.config import DedupConfig, ProceduralSource, PullConfig, TeacherConfig
+from curation.teacher import SamplingParams, prompts
+from curation.teacher.cache import RequestCache
+from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
+from tests.support.fake_openai import FakeOpenAI, flaky
+
+FAST_RETRY = RetryPolicy(max_attempts=4, base_s=0.01, cap_s=2.0)
+
+
+def _prompts(n: int) -> list:
+    return [prompts.build(f"What is {i} + 1?", "openai/gsm8k") for i in range(n)]
+
+
+def _teacher(server: FakeOpenAI, **kwargs) -> OpenAITeacher:
+    options = {"base_url": server.base_url, "model": "fake", "api_key": None, "timeout_s": 5,
+               "retry": FAST_RETRY, "progress": False, **kwargs}
+    return OpenAITeacher(**options)
+
+
+def _fail_first(kind: str):
+    return lambda key, attempt: kind if attempt == 1 else None
+
+
+@pytest.mark.parametrize("kind", ["500", "429", "malformed"])
+def test_retryable_failures_are_retried_until_answered(kind):
+    with FakeOpenAI(faults=_fail_first(kind)) as server:
+        out = _teacher(server).generate(_prompts(3), SamplingParams(n=1))
+    assert [c.error for c in out] == [None] * 3
+    assert [c.attempts for c in out] == [2, 2, 2]
+    assert server.requests == 6
+
+
+def test_retry_after_is_honoured():
+    with FakeOpenAI(faults=_fail_first("429")) as server:
+        started = time.monotonic()
+        out = _teacher(server).generate(_prompts(1), SamplingParams(n=1))
+    assert out[0].error is None
+    assert time.monotonic() - started >= 1.0  # the server asked for Retry-After: 1
+
+
+def test_a_stalled_request_times_out_and_is_retried():
+    with FakeOpenAI(faults=_fail_first("stall"), stall_s=3) as server:
+        started = time.monotonic()
+        out = _teacher(server, timeout_s=0.5).generate(_prompts(2), SamplingParams(n=1))
+    assert [c.error for c in out] == [None, None] and [c.attempts for c in out] == [2, 2]
+    assert time.monotonic() - started < 3  # did not wait for the stalled server
+
+
+def test_persistent_failure_becomes_an_error_row_not_an_exception():
+    with FakeOpenAI(faults=lambda key, attempt: "500") as server:
+        out = _teacher(server).generate(_prompts(2), SamplingParams(n=2))
+    assert len(out) == 4 and all(c.text is None for c in out)
+    assert all("HTTP 500" in c.error and c.attempts == 4 for c in out)
+
+
+def test_client_errors_are_not_retried():
+    with FakeOpenAI(faults=lambda key, attempt: "400") as server:
+        out = _teacher(server).generate(_prompts(1), SamplingParams(n=1))
+    assert out[0].attempts == 1 and "HTTP 400" in out[0].error
+
+
+def test_server_without_native_n_gets_one_request_per_sample():
+    with FakeOpenAI(supports_n=False) as server:
+        out = _teacher(server).generate(_prompts(3), SamplingParams(n=4))
+    assert [(c.prompt_idx, c.sample_idx) for c in out] == [(p, s) for p in range(3) for s in range(4)]
+    assert all(c.error is None for c in out)
+    assert server.requests <= 3 + 3 * 4
+
+
+def test_cache_resumes_without_asking_again(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    with FakeOpenAI() as server:
+        cache = RequestCache(path)
+        first = _teacher(server, cache=cache).generate(_prompts(5), SamplingParams(n=2))
+        cache.close()
+        asked = server.requests
+        cache = RequestCache(path)
+        teacher = _teacher(server, cache=cache)
+        again = teacher.generate(_prompts(6), SamplingParams(n=2))  # one new problem
+        cache.close()
+    assert [c.text for c in again[:10]] == [c.text for c in first]
+    assert all(c.cached for c in again[:10]) and not any(c.cached for c in again[10:])
+    assert server.requests - asked == teacher.requests_sent == 1  # only the new problem, n=2 natively
+
+
+def test_torn_cache_line_from_a_killed_run_is_skipped(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    path.write_text('{"key": "a", "text": "x"}\n{"key": "b", "te')
+    cache = RequestCache(path)
+    cache.put("c", {"text": "y"})
+    cache.close()
+    assert RequestCache(path).get("a") is not None and RequestCache(path).get("c") is not None
+    assert RequestCache(path).get("b") is None
+
+
+def test_completion_style_prompts_base_models_and_restores_the_stop_tag():
+    answer = lambda prompt: "3 + 4 = 7\n</reasoning>\n<answer>\n7\n"  # noqa: E731 - stop cut "</answer>"
+    with FakeOpenAI(answer=answer) as server:
+        out = _teacher(server, style="completion").generate(_prompts(1), SamplingParams(n=1))
+    assert out[0].text == "<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7</answer>"
+
+
+def _prepared_run(tmp_path, n: int = 10):
+    run = tmp_path / "ds" / "v1"
+    pull.run(run, PullConfig(seed=3, sources=[ProceduralSource(task="basic_arithmetic", n=n)]))
+    dedup.run(run, DedupConfig())
+    return run
+
+
+def test_generate_stage_writes_every_sample_and_counts_errors(tmp_path):
+    run = _prepared_run(tmp_path)
+    with FakeOpenAI(faults=lambda key, attempt: "500" if key.startswith(("0", "1")) else None) as server:
+        config = TeacherConfig(backend="openai", base_url=server.base_url, model="fake", n=2, max_attempts=2)
+        generate.run(run, config)
+    kept = store.read_data(run, "generate")
+    rejected = pl.read_parquet(run / "generate" / "rejected.parquet")
+    assert kept.height + rejected.height == 20
+    assert set(rejected["reject_reason"]) <= {"teacher_error"}
+    assert kept["error"].is_null().all() and kept["completion"].is_not_null().all()
+    stats = json.loads((run / "generate" / "stats.json").read_text())
+    assert stats["samples_per_problem"] == 2 and stats["teacher"] == "fake"
+
+
+def test_cli_generate_against_a_flaky_server_then_resume_after_a_kill(tmp_path):
+    """The acceptance check: 500s, 429s with Retry-After and stalls; no error rows; a killed
+    run re-run re-asks nothing it already had."""
+    run = _prepared_run(tmp_path, n=30)
+    delays = lambda prompt: "<reasoning>\nadd\n</reasoning>\n<answer>\n1\n</answer>"  # noqa: E731
+    with FakeOpenAI(faults=flaky, stall_s=6, latency_s=0.05, answer=delays) as server:
+        argv = [sys.executable, "-m", "flows.cli", "generate", "--run", str(run), "--set", "teacher.backend=openai",
+                "--set", f"teacher.base_url={server.base_url}", "--set", "teacher.model=fake",
+                "--set", "teacher.n=2", "--set", "teacher.timeout_s=5", "--set", "teacher.concurrency=2"]
+        killed = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cache = run / "generate" / "requests.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 10):
+            time.sleep(0.05)
+        killed.kill()
+        killed.wait()
+        cached_before = {json.loads(line)["key"] for line in cache.read_text().splitlines() if line.endswith("}")}
+        assert 10 <= len(cached_before) < 60
+        requests_before = server.requests
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    kept = store.read_data(run, "generate")
+    assert kept.height == 60 and pl.read_parquet(run / "generate" / "rejected.parquet").is_empty()
+    assert kept.filter(pl.col("cached")).height >= len(cached_before)
+    stats = json.loads((run / "generate" / "stats.json").read_text())
+    # the re-run asked only for samples the killed run had not finished
+    assert stats["from_cache"] >= len(cached_before)
+    assert server.requests - requests_before == stats["requests_sent"]
+    assert "60 samples of 60" in done.stdout and "0 teacher errors" in done.stdout

@@ -1,0 +1,122 @@
+"""A real HTTP server speaking the OpenAI chat/completions API, with injectable faults.
+
+Used by tests and benchmarks/generate_overhead.py: it answers on 127.0.0.1 from a thread,
+counts requests per prompt, and can fail some of them (500, 429 with Retry-After, stalls,
+malformed bodies) on a fixed schedule.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# fault(prompt_key, attempt_number) -> None (answer) or one of "500", "429", "stall", "malformed", "400"
+FaultPlan = Callable[[str, int], str | None]
+
+
+def no_faults(key: str, attempt: int) -> str | None:
+    """Always answer."""
+    return None
+
+
+def flaky(key: str, attempt: int) -> str | None:
+    """Fail the first attempt of some prompts, by a hash of the prompt: a stable share of faults."""
+    if attempt > 1:
+        return None
+    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10
+    return {0: "500", 1: "429", 2: "stall", 3: "malformed"}.get(bucket)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default 5 refuses connections under concurrent clients
+
+
+class FakeOpenAI:
+    """The server; use as a context manager. `base_url` is what a client needs."""
+
+    def __init__(self, *, faults: FaultPlan = no_faults, latency_s: float = 0.0, supports_n: bool = True,
+                 stall_s: float = 8.0, answer: Callable[[str], str] | None = None):
+        self.faults = faults
+        self.latency_s = latency_s
+        self.supports_n = supports_n
+        self.stall_s = stall_s
+        self.answer = answer or (lambda prompt: "42")
+        self.attempts: collections.Counter[str] = collections.Counter()
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = json.dumps(request.get("messages") or request.get("prompt"), sort_keys=True)
+                key = hashlib.sha256(prompt.encode()).hexdigest()
+                with fake._lock:
+                    fake.requests += 1
+                    fake.attempts[key] += 1
+                    attempt = fake.attempts[key]
+                fault = fake.faults(key, attempt)
+                if fake.latency_s:
+                    time.sleep(fake.latency_s)
+                if fault == "stall":
+                    time.sleep(fake.stall_s)
+                    return self._send(504, b"{}")
+                if fault in ("500", "400"):
+                    return self._send(int(fault), json.dumps({"error": {"message": f"injected {fault}"}}).encode())
+                if fault == "429":
+                    return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "1"})
+                if fault == "malformed":
+                    return self._send(200, b'{"id": "x", "object": "chat.completion", "choices": []}')
+                n = int(request.get("n") or 1) if fake.supports_n else 1
+                text = fake.answer(prompt)
+                chat = "messages" in request
+                choices = [
+                    {"index": i, "finish_reason": "stop", "logprobs": None,
+                     **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})}
+                    for i in range(n)
+                ]
+                body = {"id": f"cmpl-{key[:8]}", "object": "chat.completion" if chat else "text_completion",
+                        "created": 0, "model": request["model"], "choices": choices,
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}}
+                self._send(200, json.dumps(body).encode())
+
+        return Handler
