@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 SLOW_STAMP := $(VENV)/.installed-llama
 RUN_DIR ?= runs/demo/v1
 PROFILE ?= cpu-smoke
-# uv when present, else pip; one function so both targets install the same way
+DEV_EXTRAS := .[dev]
+SLOW_EXTRAS := .[dev,llama]
+# uv when present, else pip; one function so both targets install the same way (commas must
+# stay inside variables: $(call) splits its arguments at commas)
 pip_install = if command -v uv >/dev/null 2>&1; then uv pip install --python $(BIN)/python $(1); \
 	else $(BIN)/python -m pip install --quiet $(1); fi
 
@@ -19,12 +22,12 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "distillery needs Python >= 3.11, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(call pip_install,-e '.[dev]')
+	@$(call pip_install,-e '$(DEV_EXTRAS)')
 	@touch $(STAMP)
 
 # llama-cpp-python builds from source (3-14 minutes on 2 cores); pip's wheel cache keeps the build.
 $(SLOW_STAMP): $(STAMP)
-	@$(call pip_install,-e '.[dev,llama]')
+	@$(call pip_install,-e '$(SLOW_EXTRAS)')
 	@touch $(SLOW_STAMP)
 
 run: $(STAMP)
@@ -35,7 +38,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 test-slow: $(SLOW_STAMP)
-	$(BIN)/python -m pytest -m slow
+	DISTILLERY_REQUIRE_SLOW=1 $(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

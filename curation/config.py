@@ -96,6 +96,13 @@ class DedupConfig(_Strict):
     redis_url: str | None = None
 
 
+class BuildConfig(_Strict):
+    """The SFT and GRPO sets."""
+
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)  # of problems, not of traces
+    drop_zero_advantage: bool = True  # GRPO: drop problems the teacher always or never solved
+
+
 class StudentConfig(_Strict):
     """The model being trained."""
 
@@ -124,6 +131,7 @@ class Config(_Strict):
     teacher: TeacherConfig = TeacherConfig()
     filter: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
+    build: BuildConfig = BuildConfig()
     student: StudentConfig = StudentConfig()
     sft: StepsConfig = StepsConfig()
     grpo: StepsConfig = StepsConfig()

@@ -217,20 +217,29 @@ def run_stage(
     extra = [f"{name}.parquet" for name in result.extra]
     for name, frame in result.extra.items():
         write_parquet(frame, stage_dir / f"{name}.parquet")
+    counts = {"rows_in": stats.rows_in, "kept": stats.kept, "rejected": stats.rejected}
+    manifest = finish_stage(stage_dir, stage=stage, key=key, config=config, inputs=inputs,
+                            outputs=[DATA, REJECTED, STATS, *extra], counts=counts, started=started)
+    logger.info("%s: kept %d, rejected %d of %d in %.1f s -> %s", stage, stats.kept, stats.rejected,
+                stats.rows_in, manifest.seconds, stage_dir)
+    return manifest
+
+
+def finish_stage(stage_dir: Path, *, stage: str, key: str, config: Any, inputs: dict[str, str], outputs: list[str],
+                 counts: dict[str, int], started: float) -> Manifest:
+    """Write the manifest that marks a stage complete: last, after all its outputs."""
     manifest = Manifest(
         stage=stage,
         key=key,
         config=config,
         inputs=inputs,
-        outputs={name: file_hash(stage_dir / name) for name in (DATA, REJECTED, STATS, *extra)},
-        counts={"rows_in": stats.rows_in, "kept": stats.kept, "rejected": stats.rejected},
+        outputs={name: file_hash(stage_dir / name) for name in outputs},
+        counts=counts,
         code_version=code_version(),
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         seconds=round(time.time() - started, 3),
     )
     write_json(dataclasses.asdict(manifest), stage_dir / MANIFEST)
-    logger.info("%s: kept %d, rejected %d of %d in %.1f s -> %s", stage, stats.kept, stats.rejected,
-                stats.rows_in, manifest.seconds, stage_dir)
     return manifest
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
 # Stages whose work lands with later issues; their commands exist so the interface is stable.
 PENDING = {
-    "build": 8, "cards": 8, "sft": 9, "grpo": 9, "eval": 9,
-    "run": 10, "serve": 10, "up": 10, "deployments": 10, "card": 8, "model": 5,
+    "sft": 9, "grpo": 9, "eval": 9,
+    "run": 10, "serve": 10, "up": 10, "deployments": 10, "model": 5,
 }
 STAGE_HELP = {
     "pull": "load the configured sources into the problem table",
@@ -79,18 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load(args: argparse.Namespace):
+    """The resolved config of a stage command, also written to DIR/config.yaml to reproduce the run."""
+    import yaml
+
+    from curation import store
+    from curation.config import load_config
+
+    config = load_config(args.profile, args.config, args.sets)
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    store.atomic_write_bytes(args.run / "config.yaml", text.encode())
+    return config
+
+
 def _pull(args: argparse.Namespace) -> int:
     """`distillery pull`."""
     from curation import pull
-    from curation.config import HubSource, load_config
 
-    sets = list(args.sets)
-    config = load_config(args.profile, args.config, sets).pull()
-    if args.hub_id:
-        source = HubSource(id=args.hub_id, data_files=args.data_files, split=args.split)
-        config = config.model_copy(update={"sources": [source]})
+    if args.hub_id:  # as a --set, so that config.yaml records the source
+        source = {"kind": "hub", "id": args.hub_id, "split": args.split, "data_files": args.data_files}
+        args.sets = [*args.sets, f"sources=[{json.dumps(source)}]"]
     elif args.data_files:
         raise CliError("--data-files needs --hub-id to say which format the files are in")
+    config = _load(args).pull()
     manifest = pull.run(args.run, config, force=args.force)
     counts = manifest.counts
     print(f"pull: {counts['kept']} problems kept, {counts['rejected']} rejected of {counts['rows_in']} "
@@ -101,9 +112,8 @@ def _pull(args: argparse.Namespace) -> int:
 def _dedup(args: argparse.Namespace) -> int:
     """`distillery dedup`."""
     from curation import dedup
-    from curation.config import load_config
 
-    config = load_config(args.profile, args.config, args.sets).dedup
+    config = _load(args).dedup
     manifest = dedup.run(args.run, config, force=args.force)
     stats = json.loads((args.run / dedup.STAGE / "stats.json").read_text())
     reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
@@ -117,9 +127,8 @@ def _dedup(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     """`distillery generate`."""
     from curation import generate
-    from curation.config import load_config
 
-    config = load_config(args.profile, args.config, args.sets)
+    config = _load(args)
     manifest = generate.run(args.run, config.teacher, seed=config.seed, force=args.force)
     stats = json.loads((args.run / generate.STAGE / "stats.json").read_text())
     print(f"generate: {manifest.counts['kept']} samples of {manifest.counts['rows_in']} "
@@ -131,9 +140,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _filter(args: argparse.Namespace) -> int:
     """`distillery filter`."""
     from curation import filters
-    from curation.config import load_config
 
-    config = load_config(args.profile, args.config, args.sets).filter
+    config = _load(args).filter
     manifest = filters.run(args.run, config, force=args.force)
     stats = json.loads((args.run / filters.STAGE / "stats.json").read_text())
     reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
@@ -143,8 +151,41 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build(args: argparse.Namespace) -> int:
+    """`distillery build`."""
+    from curation import build
+
+    config = _load(args)
+    manifest = build.run(args.run, config.build, student=config.student.model, seed=config.seed, force=args.force)
+    stats = json.loads((args.run / build.STAGE / "stats.json").read_text())
+    reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
+    print(f"build: SFT {stats['sft_rows']['train']} train / {stats['sft_rows']['validation']} validation traces; "
+          f"GRPO {stats['grpo_rows']['train']} train / {stats['grpo_rows']['validation']} validation problems "
+          f"of {manifest.counts['rows_in']} (left out: {reasons}) -> {args.run / build.STAGE}")
+    return 0
+
+
+def _cards(args: argparse.Namespace) -> int:
+    """`distillery cards`."""
+    from data_cards import cards
+
+    config = _load(args)
+    cards.run(args.run, seed=config.seed, force=args.force)
+    print(cards.summary(args.run))
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    """`distillery card DIR`."""
+    from data_cards import cards
+
+    print(cards.summary(args.dir))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "pull": _pull, "dedup": _dedup, "generate": _generate, "filter": _filter}
+    "pull": _pull, "dedup": _dedup, "generate": _generate, "filter": _filter, "build": _build, "cards": _cards,
+    "card": _card}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,7 +58,7 @@ def test_bad_input_fails_in_one_line(tmp_path, capsys, argv, message):
 
 
 def test_commands_of_later_stages_say_they_are_not_there_yet(tmp_path, capsys):
-    assert cli.main(["build", "--run", str(tmp_path)]) == 2
+    assert cli.main(["sft", "--run", str(tmp_path)]) == 2
     assert "not implemented yet" in capsys.readouterr().err
 
 

@@ -1,0 +1,140 @@
+"""The build stage: the SFT set (one row per kept trace) and the GRPO prompt set (one per problem).
+
+Both use the student's chat template and the same train/validation split by problem id
+(seeded), so no problem is in both splits of either set. GRPO drops problems every teacher
+sample solved or none did: all rewards equal means zero advantage, nothing to learn.
+Outputs: `build/data.parquet` (GRPO set), `build/sft.parquet`, `build/rejected.parquet`
+(problems left out of GRPO, with the reason) and Hugging Face datasets under `build/hf/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from curation import store
+from curation.config import BuildConfig
+from curation.teacher.prompts import SYSTEM
+
+logger = logging.getLogger(__name__)
+
+STAGE = "build"
+INPUT_STAGES = ("dedup", "filter")
+HF_DIR = "hf"
+
+# Student chat templates, by model family: (turn before the prompt, turn before the answer, end of turn).
+TEMPLATES = {
+    "gemma": ("<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>"),
+    "qwen": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"),
+    "llama": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant"
+              "<|end_header_id|>\n\n", "<|eot_id|>"),
+}
+
+
+def family(model: str) -> str:
+    """The chat-template family of a student model name; LookupError names the known ones."""
+    name = model.lower()
+    for key in TEMPLATES:
+        if key in name:
+            return key
+    raise LookupError(f"no chat template for student {model!r}; known families: {', '.join(TEMPLATES)}")
+
+
+def student_prompt(problem: str, model: str) -> str:
+    """The prompt the student sees: instructions and problem in one user turn (Gemma has no system role)."""
+    user, assistant, _ = TEMPLATES[family(model)]
+    return f"{user}{SYSTEM}\n\n{problem}{assistant}"
+
+
+def split_of(problem_id: str, seed: int, val_fraction: float) -> str:
+    """"train" or "validation" for a problem, from a seeded hash of its id (stable across sets)."""
+    digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
+    return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+
+
+@dataclass(kw_only=True)
+class BuildStats(store.StageStats):
+    """Sizes of both sets, for the data card."""
+
+    sft_rows: dict[str, int] = field(default_factory=dict)
+    grpo_rows: dict[str, int] = field(default_factory=dict)
+    student_template: str = ""
+
+
+def build(problems: pl.DataFrame, traces: pl.DataFrame, pass_rates: pl.DataFrame, config: BuildConfig,
+          *, student: str, seed: int) -> store.StageResult:
+    """The SFT rows (all kept traces) and the GRPO prompt set (problems with something to learn)."""
+    started = time.time()
+    end = TEMPLATES[family(student)][2]
+    split = pl.col("problem_id").map_elements(lambda i: split_of(i, seed, config.val_fraction), return_dtype=pl.String)
+    facts = problems.select(pl.col("id").alias("problem_id"), "problem", "source", pl.col("answer").alias("gold"))
+    sft = (traces.select("problem_id", "sample_idx", "completion", "tokens", "pass_rate")
+           .join(facts, on="problem_id", how="left", maintain_order="left")
+           .with_columns(split=split,
+                         prompt=pl.col("problem").map_elements(lambda p: student_prompt(p, student),
+                                                               return_dtype=pl.String),
+                         messages=pl.struct("problem", "completion").map_elements(
+                             lambda r: [{"role": "user", "content": f"{SYSTEM}\n\n{r['problem']}"},
+                                        {"role": "assistant", "content": r["completion"]}],
+                             return_dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String}))))
+           .with_columns(completion=pl.col("completion") + end)
+           .select("problem_id", "sample_idx", "split", "source", "problem", "gold", "prompt", "completion",
+                   "messages", "tokens", "pass_rate"))
+    grpo = (facts.join(pass_rates.select("problem_id", "pass_rate"), on="problem_id", how="left",
+                       maintain_order="left")
+            .with_columns(split=split, difficulty=1.0 - pl.col("pass_rate"),
+                          prompt=pl.col("problem").map_elements(lambda p: student_prompt(p, student),
+                                                                return_dtype=pl.String)))
+    reason = (pl.when(pl.col("pass_rate").is_null()).then(pl.lit("no_teacher_samples"))
+              .when(pl.col("pass_rate") >= 1.0).then(pl.lit("zero_advantage_all_solved"))
+              .when(pl.col("pass_rate") <= 0.0).then(pl.lit("zero_advantage_none_solved")))
+    grpo = grpo.with_columns(reject_reason=reason if config.drop_zero_advantage else
+                             pl.when(pl.col("pass_rate").is_null()).then(pl.lit("no_teacher_samples")))
+    columns = ["problem_id", "split", "source", "problem", "gold", "prompt", "pass_rate", "difficulty"]
+    kept = grpo.filter(pl.col("reject_reason").is_null()).select(columns)
+    rejected = grpo.filter(pl.col("reject_reason").is_not_null()).select(
+        *columns, "reject_reason",
+        reject_detail=pl.when(pl.col("pass_rate").is_null()).then(pl.lit("the teacher gave no sample"))
+        .otherwise(pl.format("teacher pass rate {}", pl.col("pass_rate"))))
+    stats = BuildStats(rows_in=grpo.height, kept=kept.height, rejected=rejected.height,
+                       reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
+                       sft_rows=_split_counts(sft), grpo_rows=_split_counts(kept), student_template=family(student))
+    return store.StageResult(kept=kept, rejected=rejected, stats=stats, extra={"sft": sft})
+
+
+def _split_counts(frame: pl.DataFrame) -> dict[str, int]:
+    return {name: frame.filter(pl.col("split") == name).height for name in ("train", "validation")}
+
+
+def save_hf(run_dir: Path, key: str) -> None:
+    """Write both sets as `datasets.DatasetDict`s under build/hf/{sft,grpo} (load_from_disk)."""
+    import datasets
+
+    target = run_dir / STAGE / HF_DIR
+    marker = target / "key"
+    if marker.is_file() and marker.read_text() == key:
+        return
+    sets = {"sft": pl.read_parquet(run_dir / STAGE / "sft.parquet"), "grpo": store.read_data(run_dir, STAGE)}
+    for name, frame in sets.items():
+        splits = {s: datasets.Dataset.from_polars(frame.filter(pl.col("split") == s).drop("split"))
+                  for s in ("train", "validation")}
+        datasets.DatasetDict(splits).save_to_disk(str(target / name))
+    store.atomic_write_bytes(marker, key.encode())
+
+
+def run(run_dir: Path, config: BuildConfig, *, student: str, seed: int, force: bool = False) -> store.Manifest:
+    """Run the build stage on the dedup and filter outputs of `run_dir`."""
+    problems = store.read_data(run_dir, "dedup")
+    traces = store.read_data(run_dir, "filter")
+    pass_rates = pl.read_parquet(run_dir / "filter" / "pass_rates.parquet")
+    inputs = {stage: store.input_hash(run_dir, stage) for stage in INPUT_STAGES}
+    stage_config = {**config.model_dump(mode="json"), "student": student, "seed": seed}
+    manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
+                               compute=lambda: build(problems, traces, pass_rates, config, student=student, seed=seed))
+    save_hf(run_dir, manifest.key)
+    return manifest

@@ -1,0 +1,113 @@
+"""Render one data card per built set: README.md (Hugging Face dataset card), card.json, plots, data.
+
+The front matter comes from `huggingface_hub.DatasetCardData`; the body is a Jinja template.
+Each card folder is publishable as a Hub dataset repo: README.md plus data/{train,validation}.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from curation import store
+from data_cards import plots
+from data_cards.facts import scrub
+
+SETS = ("sft", "grpo")
+DESCRIPTIONS = {
+    "sft": "Supervised fine-tuning set: one row per verified teacher trace, as a prompt/completion pair in "
+           "the student's chat template and as chat messages. Every completion is exactly one "
+           "`<reasoning>` block and one `<answer>` block whose answer matches the gold answer.",
+    "grpo": "GRPO prompt set: one row per problem with its gold answer and the teacher's pass rate "
+            "(`difficulty` = 1 - pass rate). Problems the teacher always or never solved are left out: "
+            "equal rewards give GRPO no advantage to learn from.",
+}
+MAX_HITS = 20
+EXAMPLE_CHARS = 700
+
+
+def size_category(n: int) -> str:
+    """The Hub's size category for n rows."""
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return label
+    return "n>10M"
+
+
+def _examples(frame: pl.DataFrame, which: str, seed: int) -> list[dict[str, str]]:
+    train = frame.filter(pl.col("split") == "train")
+    sample = train.sample(n=min(5, train.height), seed=seed) if train.height else train
+    examples = []
+    for row in sample.iter_rows(named=True):
+        text = (row["prompt"] + row["completion"] if which == "sft"
+                else f"{row['prompt']}\n[gold answer: {row['gold']}; teacher pass rate {row['pass_rate']:.2f}]")
+        if len(text) > EXAMPLE_CHARS:
+            text = text[: EXAMPLE_CHARS // 2] + "\n[…]\n" + text[-EXAMPLE_CHARS // 2 :]
+        examples.append({"problem_id": row["problem_id"], "source": row["source"], "text": text})
+    return examples
+
+
+def _plots(frame: pl.DataFrame, which: str, out: Path) -> list[dict[str, str]]:
+    made = []
+    if which == "sft":
+        plots.histogram(frame["tokens"].drop_nulls().to_list(), out / "plots" / "tokens.png",
+                        title="Completion length", xlabel="tokens (teacher's count)")
+        made.append({"title": "Completion length in tokens", "path": "plots/tokens.png"})
+    else:
+        words = frame["problem"].str.split(" ").list.len().to_list()
+        plots.histogram(words, out / "plots" / "problem_words.png", title="Problem length", xlabel="words")
+        made.append({"title": "Problem length in words", "path": "plots/problem_words.png"})
+    plots.histogram(frame["pass_rate"].drop_nulls().to_list(), out / "plots" / "difficulty.png",
+                    title="Teacher pass rate per row", xlabel="pass rate (1 = always solved)", bins=10)
+    made.append({"title": "Teacher pass rate", "path": "plots/difficulty.png"})
+    return made
+
+
+def commands(facts: dict[str, Any]) -> list[str]:
+    """The commands that rebuild this version from its config."""
+    run = f"runs/{facts['dataset']}/{facts['version']}"
+    stages = ("pull", "dedup", "generate", "filter", "build", "cards")
+    return [f"distillery {stage} --run {run} --config config.yaml" for stage in stages]
+
+
+def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -> dict[str, Any]:
+    """Write cards/<which>/ and return the card's facts (what card.json holds)."""
+    frame = (pl.read_parquet(run_dir / "build" / "sft.parquet") if which == "sft"
+             else store.read_data(run_dir, "build"))
+    out = run_dir / "cards" / which
+    sizes = {}
+    for split in ("train", "validation"):
+        part = frame.filter(pl.col("split") == split).drop("split")
+        store.write_parquet(part, out / "data" / f"{split}.parquet")
+        sizes[split] = part.height
+    made = _plots(frame, which, out)
+    licenses = sorted({s["license"] for s in facts["sources"]})
+    card_data = DatasetCardData(
+        license=licenses[0] if len(licenses) == 1 else licenses, language=["en"], task_categories=["text-generation"],
+        size_categories=[size_category(frame.height)], pretty_name=f"{facts['dataset']} {which.upper()} ({facts['version']})",
+        tags=["math", "reasoning", "distillation", which],
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"} for s in sizes]}],
+        source_datasets=[s["name"] for s in facts["sources"]],
+    )
+    hashes = {str(p.relative_to(out)): store.file_hash(p) for p in sorted(out.rglob("*")) if p.is_file()
+              and p.name not in ("README.md", "card.json")}
+    hashes.update({f"../../{stage}/{name}": digest for stage, outputs in facts["stage_hashes"].items()
+                   for name, digest in outputs.items() if name.endswith(".parquet")})
+    card = {
+        "title": f"{facts['dataset']}: {which.upper()} set, version {facts['version']}",
+        "set": which, "description": DESCRIPTIONS[which], "sizes": sizes, "facts": facts, "plots": made,
+        "examples": _examples(frame, which, seed), "hashes": hashes, "commands": commands(facts), "seed": seed,
+    }
+    card = scrub(card, run_dir)
+    template = resources.files("data_cards").joinpath("template.md.j2").read_text()
+    rendered = DatasetCard.from_template(card_data, template_str=template,
+                                         hits=card["facts"]["dedup"]["hits"][:MAX_HITS], **card)
+    rendered.save(out / "README.md")
+    store.write_json({**card, "card_data": card_data.to_dict()}, out / "card.json")
+    return card

@@ -1,0 +1,172 @@
+"""Build the SFT and GRPO sets from a small real run, then judge the data cards by what they say."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+
+import datasets
+import polars as pl
+import pytest
+import yaml
+
+from curation import answers, build, dedup, filters, generate, pull, store, verifier
+from curation.config import BuildConfig, DedupConfig, FilterConfig, ProceduralSource, PullConfig, TeacherConfig
+from data_cards import cards
+from tests.support.fake_openai import FakeOpenAI
+
+SECRET = "sk-test-secret-not-for-cards-123"
+
+
+def _teacher_answer():
+    """Per problem: always right, always wrong, or alternating (pass rates 1, 0, 0.5)."""
+    calls: collections.Counter[str] = collections.Counter()
+
+    def answer(prompt: str) -> str:
+        problem = json.loads(prompt)[-1]["content"]
+        expression = problem.split(":")[-1].replace("=", "").strip()
+        value = eval(expression, {"__builtins__": {}})  # noqa: S307 - our own generator's arithmetic
+        calls[problem] += 1
+        mode = sum(map(ord, problem)) % 3
+        right = mode == 0 or (mode == 2 and calls[problem] % 2 == 1)
+        shown = value if right else value + 1
+        return f"<reasoning>\nWe add the numbers from left to right and get {shown}.\n</reasoning>\n<answer>\n{shown}\n</answer>"
+
+    return answer
+
+
+@pytest.fixture(scope="module")
+def built_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    run = home / "runs" / "arith" / "v1"
+    old_home, old_key = os.environ.get("HOME"), os.environ.get("OPENAI_API_KEY")
+    os.environ["HOME"], os.environ["OPENAI_API_KEY"] = str(home), SECRET  # the card must show neither
+    try:
+        pull.run(run, PullConfig(seed=4, sources=[ProceduralSource(task="chain_sum", n=40)]))
+        dedup.run(run, DedupConfig())
+        with FakeOpenAI(supports_n=False, answer=_teacher_answer()) as server:
+            generate.run(run, TeacherConfig(backend="openai", base_url=server.base_url, model="fake-teacher", n=2))
+        filters.run(run, FilterConfig())
+        build.run(run, BuildConfig(val_fraction=0.25), student="gemma3-270m", seed=4)
+        (run / "config.yaml").write_text(yaml.safe_dump({"seed": 4, "teacher": {"api_key_env": "OPENAI_API_KEY"},
+                                                         "note": f"{home}/somewhere"}))
+        cards.run(run, seed=4)
+        yield run
+    finally:
+        for name, value in (("HOME", old_home), ("OPENAI_API_KEY", old_key)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def test_no_problem_is_in_both_splits(built_run):
+    for frame in (pl.read_parquet(built_run / "build" / "sft.parquet"), store.read_data(built_run, "build")):
+        by_split = frame.group_by("problem_id").agg(pl.col("split").n_unique())
+        assert (by_split["split"] == 1).all()
+        assert set(frame["split"]) == {"train", "validation"}
+
+
+def test_every_sft_completion_passes_format_and_correctness(built_run):
+    sft = pl.read_parquet(built_run / "build" / "sft.parquet")
+    traces = [m[1]["content"] for m in sft["messages"].to_list()]
+    assert all(answers.format_problem(t) is None for t in traces)
+    assert [c for c in sft["completion"]] == [t + "<end_of_turn>" for t in traces]
+    assert all(p.startswith("<start_of_turn>user\n") and p.endswith("<start_of_turn>model\n") for p in sft["prompt"])
+    problems = store.read_data(built_run, "dedup").join(sft.select(pl.col("problem_id").alias("id")), on="id")
+    metas = dict(zip(problems["id"], problems["meta"]))
+    verdict = verifier.verdicts(traces, sft["gold"].to_list(), sft["source"].to_list(),
+                                [metas[i] for i in sft["problem_id"]])
+    assert verdict == [True] * sft.height
+
+
+def test_grpo_set_drops_zero_advantage_problems_with_a_count(built_run):
+    grpo = store.read_data(built_run, "build")
+    rejected = pl.read_parquet(built_run / "build" / "rejected.parquet")
+    assert grpo["pass_rate"].is_between(0, 1, closed="none").all()
+    assert set(rejected["reject_reason"]) == {"zero_advantage_all_solved", "zero_advantage_none_solved"}
+    assert grpo.height + rejected.height == store.read_data(built_run, "dedup").height
+    assert (grpo["difficulty"] == 1 - grpo["pass_rate"]).all()
+
+
+def test_sets_load_as_hugging_face_datasets(built_run):
+    sft = datasets.load_from_disk(str(built_run / "build" / "hf" / "sft"))
+    grpo = datasets.load_from_disk(str(built_run / "build" / "hf" / "grpo"))
+    assert set(sft) == set(grpo) == {"train", "validation"}
+    assert sft["train"].num_rows + sft["validation"].num_rows == pl.read_parquet(built_run / "build" / "sft.parquet").height
+    assert "prompt" in grpo["train"].column_names and "gold" in grpo["train"].column_names
+
+
+def _front_matter(path) -> dict:
+    text = path.read_text()
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.DOTALL)
+    assert match, "no YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+@pytest.mark.parametrize("which", ["sft", "grpo"])
+def test_card_front_matter_parses_and_names_license_size_and_configs(built_run, which):
+    meta = _front_matter(built_run / "cards" / which / "README.md")
+    assert meta["license"] == "apache-2.0"
+    assert meta["task_categories"] == ["text-generation"] and meta["size_categories"] == ["n<1K"]
+    assert meta["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train.parquet"}
+
+
+@pytest.mark.parametrize("which", ["sft", "grpo"])
+def test_card_funnel_equals_the_stage_files(built_run, which):
+    card = json.loads((built_run / "cards" / which / "card.json").read_text())
+    for row in card["facts"]["funnel"]:
+        stage = built_run / row["stage"]
+        assert row["out"] == pl.read_parquet(stage / "data.parquet").height
+        assert row["rejected"] == pl.read_parquet(stage / "rejected.parquet").height
+        assert row["in"] == row["out"] + row["rejected"]
+        rejected = pl.read_parquet(stage / "rejected.parquet")
+        assert row["reasons"] == dict(collections.Counter(rejected["reject_reason"].to_list()))
+    text = (built_run / "cards" / which / "README.md").read_text()
+    generate_row = next(r for r in card["facts"]["funnel"] if r["stage"] == "generate")
+    assert f"| generate | samples | {generate_row['in']} | {generate_row['out']} |" in text
+
+
+@pytest.mark.parametrize("which", ["sft", "grpo"])
+def test_card_plots_are_valid_pngs(built_run, which):
+    card = json.loads((built_run / "cards" / which / "card.json").read_text())
+    assert len(card["plots"]) == 2
+    for plot in card["plots"]:
+        data = (built_run / "cards" / which / plot["path"]).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+        assert f"![{plot['title']}]({plot['path']})" in (built_run / "cards" / which / "README.md").read_text()
+
+
+def test_card_has_examples_hashes_teacher_and_reproduce_command(built_run):
+    card = json.loads((built_run / "cards" / "sft" / "card.json").read_text())
+    assert len(card["examples"]) == 5
+    assert card["facts"]["teacher"]["model"] == "fake-teacher" and card["facts"]["teacher"]["n"] == 2
+    assert card["hashes"]["data/train.parquet"] == store.file_hash(built_run / "cards" / "sft" / "data" / "train.parquet")
+    assert card["commands"][0] == "distillery pull --run runs/arith/v1 --config config.yaml"
+    text = (built_run / "cards" / "sft" / "README.md").read_text()
+    assert "not** decontaminated" in text  # no eval sets configured: the card must say so
+
+
+@pytest.mark.parametrize("which", ["sft", "grpo"])
+def test_cards_hold_no_secret_and_no_home_or_absolute_path(built_run, which):
+    home = str(built_run.parents[2])
+    for name in ("README.md", "card.json"):
+        text = (built_run / "cards" / which / name).read_text()
+        assert SECRET not in text
+        assert home not in text and "/tmp/" not in text and "/root" not in text
+
+
+def test_card_summary_fits_one_screen(built_run, capsys):
+    from flows import cli
+
+    assert cli.main(["card", str(built_run)]) == 0
+    out = capsys.readouterr().out.rstrip().splitlines()
+    assert len(out) <= 24 and all(len(line) <= 120 for line in out)
+    assert out[0].startswith("SFT card: ") and out[0].endswith("cards/sft/README.md")
+
+
+def test_rerun_of_cards_is_skipped(built_run):
+    before = store.Manifest.read(built_run / "cards" / "manifest.json")
+    assert cards.run(built_run, seed=4).started_at == before.started_at
