@@ -67,8 +67,10 @@ def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, seed: int
                              concurrency=config.concurrency, timeout_s=config.timeout_s,
                              retry=RetryPolicy(max_attempts=config.max_attempts), native_n=config.native_n,
                              cache=cache, seed=seed)
-    raise LookupError(f"teacher.backend={config.backend!r} is not available yet (the Tunix teacher lands with "
-                      f"the embedded-model work); use teacher.backend=openai with a teacher.base_url")
+    from curation.teacher.tunix_local import TunixTeacher
+    from training import models
+
+    return TunixTeacher(models.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed)
 
 
 def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) -> store.StageResult:
@@ -78,7 +80,8 @@ def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) ->
     params = sampling_params(config)
     completions = teacher.generate(built, params)
     ids = problems["id"].to_list()
-    shown = [json.dumps(list(p.messages), ensure_ascii=False) if config.style == "chat" else p.text for p in built]
+    chat = config.style == "chat" and config.backend == "openai"  # the Tunix teacher always completes text
+    shown = [json.dumps(list(p.messages), ensure_ascii=False) if chat else p.text for p in built]
     frame = pl.DataFrame([_row(c, ids, shown, teacher.name) for c in completions], schema=GENERATION_SCHEMA,
                          orient="row")
     kept = frame.filter(pl.col("error").is_null())

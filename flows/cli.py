@@ -17,7 +17,7 @@ STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo"
 # Stages whose work lands with later issues; their commands exist so the interface is stable.
 PENDING = {
     "sft": 9, "grpo": 9, "eval": 9,
-    "run": 10, "serve": 10, "up": 10, "deployments": 10, "model": 5,
+    "run": 10, "serve": 10, "up": 10, "deployments": 10,
 }
 STAGE_HELP = {
     "pull": "load the configured sources into the problem table",
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = model_sub.add_parser("check", help="greedy continuation and perplexity of a model",
                                  description="print a greedy continuation and a last line perplexity=X")
     check.add_argument("name", help="model name, e.g. gemma3-270m")
+    check.add_argument("--data-files", type=Path, default=Path("../shared/data/gsm8k/test.jsonl"),
+                       help="GSM8K test questions in the Hub's format (default: ../shared/data/gsm8k/test.jsonl)")
+    check.add_argument("-n", type=int, default=50, help="questions for the perplexity (default 50)")
     return parser
 
 
@@ -183,9 +186,19 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    """`distillery model check NAME`."""
+    from training import model_check
+
+    continuation, perplexity = model_check.check(args.name, args.data_files, args.n)
+    print(f"{model_check.PROMPT}{continuation}")
+    print(f"perplexity={perplexity:.4f}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pull": _pull, "dedup": _dedup, "generate": _generate, "filter": _filter, "build": _build, "cards": _cards,
-    "card": _card}
+    "card": _card, "model": _model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

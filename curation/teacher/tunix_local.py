@@ -1,0 +1,89 @@
+"""The embedded teacher: n samples per prompt from a Tunix model on this machine, batched wide.
+
+Few-shot completion prompts (base models need the examples), decoded with
+`training.decode.Decoder`, `batch_size` rows at a time, stopping at `</answer>`. Finished
+samples go to the same request cache as the OpenAI-compatible teacher, so a killed run
+resumes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tqdm.auto import tqdm
+
+from curation.teacher import Completion, Prompt, SamplingParams
+from curation.teacher.cache import RequestCache, request_key
+from curation.teacher.prompts import COMPLETION_STOPS
+
+
+class TunixTeacher:
+    """`Teacher` over a loaded Tunix model (`training.models.load`)."""
+
+    def __init__(self, loaded, *, batch_size: int = 32, cache: RequestCache | None = None, seed: int = 0,
+                 progress: bool = True):
+        from training.decode import Decoder
+
+        self.name = loaded.name
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, loaded.config)
+        self.batch_size = batch_size
+        self.cache = cache
+        self.seed = seed
+        self.progress = progress
+        self.requests_sent = 0  # batches decoded
+
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
+        """n completions per prompt, in (prompt, sample) order."""
+        stops = params.stop + COMPLETION_STOPS
+        payload = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
+                   "stop": list(stops), "style": "completion"}
+        results: dict[tuple[int, int], Completion] = {}
+        todo = []
+        for p, prompt in enumerate(prompts):
+            for s in range(params.n):
+                key = request_key(self.name, prompt.text, payload, s)
+                hit = self.cache.get(key) if self.cache is not None else None
+                if hit is not None:
+                    results[p, s] = Completion(prompt_idx=p, sample_idx=s, text=hit["text"],
+                                               finish_reason=hit["finish_reason"], prompt_tokens=hit["prompt_tokens"],
+                                               completion_tokens=hit["completion_tokens"], latency_s=hit["latency_s"],
+                                               attempts=1, cached=True)
+                else:
+                    todo.append((p, s, key))
+        # Similar prompt lengths in one batch waste less padding.
+        todo.sort(key=lambda item: len(prompts[item[0]].text))
+        bar = tqdm(total=len(prompts) * params.n, initial=len(results), desc=f"teacher {self.name}", unit="sample",
+                   disable=not self.progress, dynamic_ncols=True)
+        tokens, started = 0, time.perf_counter()
+        for lo in range(0, len(todo), self.batch_size):
+            batch = todo[lo : lo + self.batch_size]
+            began = time.perf_counter()
+            out = self.decoder.generate([prompts[p].text for p, _, _ in batch], max_new_tokens=params.max_new_tokens,
+                                        temperature=params.temperature, top_p=params.top_p, stop=stops,
+                                        seed=self.seed * 1_000_003 + lo)
+            self.requests_sent += 1
+            latency = (time.perf_counter() - began) / len(batch)
+            for (p, s, key), generated in zip(batch, out):
+                text = prompts[p].text_prefix + _strip_stops(generated.text, COMPLETION_STOPS)
+                completion = Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=generated.finish_reason,
+                                        prompt_tokens=generated.prompt_tokens,
+                                        completion_tokens=generated.completion_tokens, latency_s=latency, attempts=1,
+                                        cached=False)
+                results[p, s] = completion
+                tokens += generated.completion_tokens
+                if self.cache is not None:
+                    self.cache.put(key, {"text": text, "finish_reason": completion.finish_reason,
+                                         "prompt_tokens": completion.prompt_tokens,
+                                         "completion_tokens": completion.completion_tokens, "latency_s": latency})
+            bar.update(len(batch))
+            bar.set_postfix(tok_per_s=f"{tokens / max(1e-9, time.perf_counter() - started):.0f}", refresh=False)
+        bar.close()
+        return [results[p, s] for p in range(len(prompts)) for s in range(params.n)]
+
+
+def _strip_stops(text: str, stops: tuple[str, ...]) -> str:
+    """Drop a trailing stop string that only marks where the model began a new problem."""
+    for stop in stops:
+        if text.endswith(stop):
+            return text[: -len(stop)]
+    return text

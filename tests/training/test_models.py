@@ -1,0 +1,156 @@
+"""The model registry, the GGUF conversion and the decode loop, on tiny models (seconds each)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training import decode, gguf_import, models
+
+BYTES = [f"<0x{b:02X}>" for b in range(256)]  # byte fallback needs all 256
+VOCAB = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "  ", "\u2581a", "b", "ab", *BYTES]
+
+
+def write_tiny_gguf(path, norm_value: float = 1.5) -> dict[str, np.ndarray]:
+    """A one-block Gemma 3 GGUF with F32 tensors; returns the tensors as written (llama.cpp layout)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_block_count(1)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    writer.add_key_length(4)
+    writer.add_sliding_window(16)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(VOCAB)
+    writer.add_token_scores([0.0] * 6 + [-1.0, -2.0, -3.0, -4.0] + [0.0] * 256)
+    writer.add_token_types([3, 3, 3, 2, 3, 3, 1, 1, 1, 1] + [6] * 256)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_pad_token_id(0)
+    writer.add_unk_token_id(3)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (len(VOCAB), 8), "output_norm.weight": (8,), "blk.0.attn_q.weight": (8, 8),
+              "blk.0.attn_k.weight": (4, 8), "blk.0.attn_v.weight": (4, 8), "blk.0.attn_output.weight": (8, 8),
+              "blk.0.attn_q_norm.weight": (4,), "blk.0.attn_k_norm.weight": (4,), "blk.0.attn_norm.weight": (8,),
+              "blk.0.post_attention_norm.weight": (8,), "blk.0.ffn_norm.weight": (8,),
+              "blk.0.post_ffw_norm.weight": (8,), "blk.0.ffn_gate.weight": (16, 8), "blk.0.ffn_up.weight": (16, 8),
+              "blk.0.ffn_down.weight": (8, 16)}
+    tensors = {name: (np.full(shape, norm_value, np.float32) if len(shape) == 1
+                      else rng.standard_normal(shape).astype(np.float32)) for name, shape in shapes.items()}
+    for name, values in tensors.items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return tensors
+
+
+def test_gguf_tensors_get_hf_names_shapes_and_norms_shifted_back(tmp_path):
+    from gguf import GGUFReader
+
+    written = write_tiny_gguf(tmp_path / "tiny.gguf")
+    tensors = gguf_import.read_tensors(GGUFReader(str(tmp_path / "tiny.gguf")))
+    assert np.array_equal(tensors["model.layers.0.self_attn.q_proj.weight"], written["blk.0.attn_q.weight"])
+    assert tensors["model.layers.0.mlp.down_proj.weight"].shape == (8, 16)  # (out, in), as Hugging Face
+    # llama.cpp stores Gemma's RMSNorm weights as 1 + w
+    assert np.allclose(tensors["model.layers.0.pre_feedforward_layernorm.weight"], 0.5)
+    assert np.allclose(tensors["model.norm.weight"], 0.5)
+    assert np.array_equal(tensors["model.embed_tokens.weight"], written["token_embd.weight"])
+
+
+def test_unknown_tensor_name_is_an_error():
+    with pytest.raises(KeyError, match="blk.0.mystery"):
+        gguf_import.hf_name("blk.0.mystery.weight")
+
+
+def test_tokenizer_from_gguf_keeps_ids_specials_and_whitespace_pieces(tmp_path):
+    from gguf import GGUFReader
+
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    sp = models.sentencepiece(gguf_import.tokenizer_proto(GGUFReader(str(tmp_path / "tiny.gguf"))))
+    assert (sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.unk_id()) == (2, 1, 0, 3)
+    assert sp.id_to_piece(6) == "\u2581\u2581"  # a run of spaces is written with U+2581
+    assert sp.encode("<start_of_turn>") == [4]  # user-defined, kept whole
+
+
+def test_partial_or_corrupted_conversion_cache_is_rebuilt(tmp_path, monkeypatch):
+    gguf_path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf_path)
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "embedded_gguf", lambda: gguf_path)
+    converted = []
+    real_convert = gguf_import.convert
+    monkeypatch.setattr(gguf_import, "convert", lambda src, out: (converted.append(out), real_convert(src, out)))
+    folder = models.converted_embedded()
+    assert models.converted_embedded() == folder and len(converted) == 1  # cached
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # truncated
+    models.converted_embedded()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, flipped bits
+    weights.write_bytes(bytes(data))
+    models.converted_embedded()
+    (folder / "tokenizer.model").unlink()  # a file missing
+    models.converted_embedded()
+    assert len(converted) == 4
+    assert json.loads((folder / "conversion.json").read_text())["source_sha256"] == models.store.file_hash(gguf_path)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return models.load(models.TINY, seed=0)
+
+
+def test_tiny_model_and_tokenizer_round_trip(tiny):
+    text = "Tom has 3 apples.\n  $\\frac{1}{2}$ ünïcode"
+    assert tiny.tokenizer.decode(tiny.tokenizer.encode(text)) == text
+    nll = models.token_nll(tiny, ["hello world", "a much longer sentence than the first one"])
+    assert [len(n) for n in nll] == [len(tiny.tokenizer.encode(t)) for t in ("hello world",
+                                                                             "a much longer sentence than the first one")]
+    assert 1 < models.perplexity(nll) < 1000  # a random model: near the vocabulary size, finite
+
+
+def test_greedy_decoding_is_deterministic_and_batch_independent(tiny):
+    decoder = decode.Decoder(tiny.model, tiny.tokenizer, tiny.config)
+    alone = decoder.generate(["abc"], max_new_tokens=12, temperature=0.0)
+    batched = decoder.generate(["abc", "a longer prompt that pads the first"], max_new_tokens=12, temperature=0.0)
+    assert alone[0].text == batched[0].text  # left padding does not change the continuation
+    assert alone[0].completion_tokens <= 12
+
+
+def test_sampling_respects_seed_length_and_stop_strings(tiny):
+    decoder = decode.Decoder(tiny.model, tiny.tokenizer, tiny.config)
+    first = decoder.generate(["xyz"] * 4, max_new_tokens=16, temperature=1.0, seed=3)
+    again = decoder.generate(["xyz"] * 4, max_new_tokens=16, temperature=1.0, seed=3)
+    assert [g.text for g in first] == [g.text for g in again]
+    assert len({g.text for g in first}) > 1  # rows are sampled independently
+    for g in first:
+        assert g.finish_reason in ("stop", "length") and g.completion_tokens <= 16
+    # any character the model emits can serve as a stop string: the text ends right after it
+    stop = first[0].text[:1]
+    cut = decoder.generate(["xyz"], max_new_tokens=16, temperature=1.0, seed=3, stop=(stop,))[0]
+    assert cut.text.endswith(stop) and cut.text.count(stop) == 1 and cut.finish_reason == "stop"
+
+
+def test_tunix_teacher_samples_n_per_prompt_and_resumes_from_cache(tiny, tmp_path):
+    from curation.teacher import SamplingParams, prompts
+    from curation.teacher.cache import RequestCache
+    from curation.teacher.tunix_local import TunixTeacher
+
+    built = [prompts.build(f"What is {i} + 2?", "procedural/basic_arithmetic") for i in range(3)]
+    cache = RequestCache(tmp_path / "requests.jsonl")
+    teacher = TunixTeacher(tiny, batch_size=4, cache=cache, progress=False)
+    out = teacher.generate(built, SamplingParams(n=2, max_new_tokens=8))
+    cache.close()
+    assert [(c.prompt_idx, c.sample_idx) for c in out] == [(p, s) for p in range(3) for s in range(2)]
+    assert all(c.text.startswith("<reasoning>\n") and c.error is None for c in out)
+    assert teacher.requests_sent == 2  # 6 samples in batches of 4
+    resumed = TunixTeacher(tiny, batch_size=4, cache=RequestCache(tmp_path / "requests.jsonl"), progress=False)
+    again = resumed.generate(built, SamplingParams(n=2, max_new_tokens=8))
+    assert resumed.requests_sent == 0 and [c.text for c in again] == [c.text for c in out]

@@ -1,0 +1,30 @@
+"""`distillery model check`: does a model load and behave? A greedy continuation and a perplexity.
+
+The perplexity is over the first 50 GSM8K test questions, each tokenized alone with BOS
+first: the negative log-likelihood of every token after BOS, pooled, exponentiated. For
+the embedded model it must match llama.cpp's on the same tokens (13.65 there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curation.sources import hub
+from training import decode, models
+
+PROMPT = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
+DEFAULT_QUESTIONS = Path("../shared/data/gsm8k/test.jsonl")
+
+
+def questions(data_files: Path, n: int = 50) -> list[str]:
+    """The first n GSM8K questions of a local file in the Hub's format."""
+    kept, _ = hub.load("openai/gsm8k", data_files=data_files, split="test", limit=n)
+    return kept["problem"].to_list()
+
+
+def check(name: str, data_files: Path = DEFAULT_QUESTIONS, n: int = 50) -> tuple[str, float]:
+    """(greedy continuation of PROMPT, perplexity on the first n questions)."""
+    loaded = models.load(name)
+    continuation = decode.Decoder(loaded.model, loaded.tokenizer, loaded.config).generate(
+        [PROMPT], max_new_tokens=32, temperature=0.0)[0].text
+    return continuation, models.perplexity(models.token_nll(loaded, questions(data_files, n)))
