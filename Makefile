@@ -30,9 +30,11 @@ $(SLOW_STAMP): $(STAMP)
 	@$(call pip_install,-e '$(SLOW_EXTRAS)')
 	@touch $(SLOW_STAMP)
 
+# The curation half of the pipeline on the embedded default; training and Prefect come next.
 run: $(STAMP)
-	$(BIN)/distillery pull --profile $(PROFILE) --run $(RUN_DIR)
-	$(BIN)/distillery dedup --profile $(PROFILE) --run $(RUN_DIR)
+	@for stage in pull dedup generate filter build cards; do \
+		$(BIN)/distillery $$stage --profile $(PROFILE) --run $(RUN_DIR) || exit 1; \
+	done
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ STAGE = "dedup"
 INPUT_STAGE = "pull"
 
 
-class DedupReason:
+class DedupReason(StrEnum):
     """Reject reasons of this stage (values of `reject_reason`)."""
 
     CONTAMINATED = "contaminated"
@@ -148,11 +149,11 @@ def _find_gram(words: list[str], gram: np.uint64, n: int) -> str:
     return " ".join(words[position : position + n])
 
 
-def _reject(frame: pl.DataFrame, rows: list[int], reason: str, dup_of: list[str], jaccard: list[float],
+def _reject(frame: pl.DataFrame, rows: list[int], reason: DedupReason, dup_of: list[str], jaccard: list[float],
             detail: list[str]) -> pl.DataFrame:
     """Rejected rows of frame with reason, the row they duplicate, Jaccard and detail."""
     return frame[rows].with_columns(
-        reject_reason=pl.lit(reason), reject_detail=pl.Series(detail, dtype=pl.String),
+        reject_reason=pl.lit(str(reason)), reject_detail=pl.Series(detail, dtype=pl.String),
         dup_of=pl.Series(dup_of, dtype=pl.String), jaccard=pl.Series(jaccard, dtype=pl.Float64))
 
 

@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stats(run: Path, stage: str) -> dict:
+    """A finished stage's stats.json."""
+    return json.loads((run / stage / "stats.json").read_text())
+
+
+def _reasons(stats: dict) -> str:
+    """Reject reasons as "n reason, ..." for a one-line summary."""
+    return ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
+
+
 def _load(args: argparse.Namespace):
     """The resolved config of a stage command, also written to DIR/config.yaml to reproduce the run."""
     import yaml
@@ -118,8 +128,8 @@ def _dedup(args: argparse.Namespace) -> int:
 
     config = _load(args).dedup
     manifest = dedup.run(args.run, config, force=args.force)
-    stats = json.loads((args.run / dedup.STAGE / "stats.json").read_text())
-    reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
+    stats = _stats(args.run, dedup.STAGE)
+    reasons = _reasons(stats)
     print(f"dedup: {manifest.counts['kept']} problems kept of {manifest.counts['rows_in']}; rejected: {reasons}; "
           f"LSH {stats['bands']} bands x {stats['rows_per_band']} rows -> {args.run / dedup.STAGE / 'data.parquet'}")
     for name, count in stats["eval_items"].items():
@@ -133,7 +143,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     config = _load(args)
     manifest = generate.run(args.run, config.teacher, seed=config.seed, force=args.force)
-    stats = json.loads((args.run / generate.STAGE / "stats.json").read_text())
+    stats = _stats(args.run, generate.STAGE)
     print(f"generate: {manifest.counts['kept']} samples of {manifest.counts['rows_in']} "
           f"({stats['from_cache']} from the request cache, {stats['requests_sent']} requests sent), "
           f"{manifest.counts['rejected']} teacher errors -> {args.run / generate.STAGE / 'data.parquet'}")
@@ -146,8 +156,8 @@ def _filter(args: argparse.Namespace) -> int:
 
     config = _load(args).filter
     manifest = filters.run(args.run, config, force=args.force)
-    stats = json.loads((args.run / filters.STAGE / "stats.json").read_text())
-    reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
+    stats = _stats(args.run, filters.STAGE)
+    reasons = _reasons(stats)
     print(f"filter: {manifest.counts['kept']} traces kept of {manifest.counts['rows_in']} "
           f"for {stats['problems_with_a_trace']}/{stats['problems']} problems; mean pass rate "
           f"{stats['mean_pass_rate']:.2f}; rejected: {reasons} -> {args.run / filters.STAGE / 'data.parquet'}")
@@ -160,8 +170,8 @@ def _build(args: argparse.Namespace) -> int:
 
     config = _load(args)
     manifest = build.run(args.run, config.build, student=config.student.model, seed=config.seed, force=args.force)
-    stats = json.loads((args.run / build.STAGE / "stats.json").read_text())
-    reasons = ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
+    stats = _stats(args.run, build.STAGE)
+    reasons = _reasons(stats)
     print(f"build: SFT {stats['sft_rows']['train']} train / {stats['sft_rows']['validation']} validation traces; "
           f"GRPO {stats['grpo_rows']['train']} train / {stats['grpo_rows']['validation']} validation problems "
           f"of {manifest.counts['rows_in']} (left out: {reasons}) -> {args.run / build.STAGE}")

@@ -31,13 +31,35 @@ def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
+def top_k(logits, k: int = TOP_K, block: int = 512):
+    """Exact top-k over a large vocabulary, in two cheap passes instead of one big one.
+
+    The k largest values lie in the k blocks with the largest maxima, so: max per block,
+    top-k blocks, then top-k within them (k * block candidates instead of 262,144).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    batch, vocab = logits.shape
+    if vocab <= k * block:
+        return jax.lax.top_k(logits, k)
+    blocks = -(-vocab // block)
+    padded = jnp.pad(logits, ((0, 0), (0, blocks * block - vocab)), constant_values=-jnp.inf)
+    grouped = padded.reshape(batch, blocks, block)
+    _, best_blocks = jax.lax.top_k(grouped.max(axis=-1), k)
+    candidates = jnp.take_along_axis(grouped, best_blocks[:, :, None], axis=1).reshape(batch, k * block)
+    values, position = jax.lax.top_k(candidates, k)
+    indices = best_blocks[jnp.arange(batch)[:, None], position // block] * block + position % block
+    return values, indices
+
+
 def _sample(logits, key, temperature, top_p):
     """Greedy when temperature is 0, else temperature + top-p among the top-k logits."""
     import jax
     import jax.numpy as jnp
 
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    values, indices = jax.lax.top_k(logits, TOP_K)
+    values, indices = top_k(logits)
     values = values / jnp.maximum(temperature, 1e-6)
     probs = jax.nn.softmax(values, axis=-1)
     keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # the first token always stays
@@ -60,7 +82,10 @@ def _compile(graphdef, cache_size: int, chunk: int):
         causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
         attention = mask[:, None, :].astype(jnp.bool_) & causal[None]
         attention = jnp.pad(attention, ((0, 0), (0, 0), (0, cache_size - length)))
-        logits, cache = model(tokens, positions, cache, attention)
+        # All but the last token only fill the cache: their (B, L, 262k) logits are never used,
+        # so XLA drops them (a few-shot prompt at batch 32 would need ~10 GB of them).
+        _, cache = model(tokens[:, :-1], positions[:, :-1], cache, attention[:, :-1])
+        logits, cache = model(tokens[:, -1:], positions[:, -1:], cache, attention[:, -1:])
         first = _sample(logits[:, -1].astype(jnp.float32), key, temperature, top_p)
         return first, positions[:, -1], cache
 

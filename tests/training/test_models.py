@@ -154,3 +154,13 @@ def test_tunix_teacher_samples_n_per_prompt_and_resumes_from_cache(tiny, tmp_pat
     resumed = TunixTeacher(tiny, batch_size=4, cache=RequestCache(tmp_path / "requests.jsonl"), progress=False)
     again = resumed.generate(built, SamplingParams(n=2, max_new_tokens=8))
     assert resumed.requests_sent == 0 and [c.text for c in again] == [c.text for c in out]
+
+
+def test_two_pass_top_k_equals_lax_top_k():
+    import jax
+    import jax.numpy as jnp
+
+    logits = jax.random.normal(jax.random.PRNGKey(0), (3, 70_000))
+    values, indices = decode.top_k(logits, 64, block=512)
+    expected_values, expected_indices = jax.lax.top_k(logits, 64)
+    assert jnp.array_equal(values, expected_values) and jnp.array_equal(indices, expected_indices)

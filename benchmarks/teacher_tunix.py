@@ -1,0 +1,100 @@
+"""Embedded-teacher sampling speed: our decode loop against Tunix's stock Sampler (and llama.cpp).
+
+Same model (the embedded Gemma 3 270M, float32), same GSM8K prompts, temperature 0.8,
+128 new tokens, at batch 1, 8 and 32, measured in the same run after one warm-up call of
+each shape (compilation is not timed). Tokens are counted up to the end token; because
+Tunix's output rows do not show where a row ended, the speedup compares wall time for the
+same prompts, batch and number of steps (both decode all 128 steps unless every row ended).
+llama.cpp (llama-cpp-python, Q4_K_M, one request at a time) is measured too where installed.
+Last line: `speedup_vs_tunix_sampler=X` at batch 32 (Tunix seconds / our seconds).
+
+    python benchmarks/teacher_tunix.py [--batches 1 8 32] [--new-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training import decode, model_check, models  # noqa: E402
+
+
+def ours(decoder: decode.Decoder, prompts: list[str], new_tokens: int, seed: int) -> int:
+    """Generated tokens of our decode loop."""
+    return sum(g.completion_tokens for g in decoder.generate(prompts, max_new_tokens=new_tokens, temperature=0.8,
+                                                             seed=seed))
+
+
+def tunix_sampler(sampler, eos: int, pad: int, prompts: list[str], new_tokens: int, seed: int) -> int:
+    """Generated tokens of Tunix's Sampler, counted up to the first end token (rows are padded after it)."""
+    out = sampler(input_strings=prompts, max_generation_steps=new_tokens, temperature=0.8, echo=False, seed=seed)
+    total = 0
+    for row in out.tokens:
+        row = np.asarray(row)
+        ends = np.flatnonzero((row == eos) | (row == pad))
+        total += int(ends[0]) if len(ends) else len(row)
+    return total
+
+
+def timed(fn) -> tuple[int, float]:
+    """(tokens, seconds) of one call."""
+    started = time.perf_counter()
+    tokens = fn()
+    return tokens, time.perf_counter() - started
+
+
+def main() -> None:
+    """Run every backend at every batch size; print tokens/s and the speedup at batch 32."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--data-files", type=Path, default=model_check.DEFAULT_QUESTIONS)
+    args = parser.parse_args()
+    from tunix.generate import sampler as sampler_lib
+    from tunix.generate.tokenizer_adapter import TokenizerAdapter
+
+    loaded = models.load(models.EMBEDDED)
+    questions = model_check.questions(args.data_files, max(args.batches) * 2)
+    decoder = decode.Decoder(loaded.model, loaded.tokenizer, loaded.config)
+    config = loaded.config
+    sampler = sampler_lib.Sampler(transformer=loaded.model, tokenizer=TokenizerAdapter(loaded.tokenizer),
+                                  cache_config=sampler_lib.CacheConfig(cache_size=256, num_layers=config.num_layers,
+                                                                       num_kv_heads=config.num_kv_heads,
+                                                                       head_dim=config.head_dim))
+    eos, pad = loaded.tokenizer.eos_id(), loaded.tokenizer.pad_id()
+    seconds_of: dict[tuple[str, int], float] = {}
+    for batch in args.batches:
+        warm, prompts = questions[batch : 2 * batch], questions[:batch]
+        runs = {"ours": lambda p, s: ours(decoder, p, args.new_tokens, s),
+                "tunix_sampler": lambda p, s: tunix_sampler(sampler, eos, pad, p, args.new_tokens, s)}
+        for name, run in runs.items():
+            run(warm, 0)  # compile this shape
+            tokens, seconds = timed(lambda: run(prompts, 1))
+            seconds_of[name, batch] = seconds
+            print(f"{name:<14} batch {batch:>2}: {tokens:>5} tokens in {seconds:6.1f} s = {tokens / seconds:6.1f} tok/s",
+                  flush=True)
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama.cpp: not installed (pip install -e '.[llama]')")
+    else:
+        llm = Llama(model_path=str(models.embedded_gguf()), n_ctx=512, verbose=False)
+        prompts = questions[: min(8, len(questions))]
+        llm(prompts[0], max_tokens=8)  # warm
+        started, tokens = time.perf_counter(), 0
+        for prompt in prompts:
+            tokens += llm(prompt, max_tokens=args.new_tokens, temperature=0.8)["usage"]["completion_tokens"]
+        seconds = time.perf_counter() - started
+        print(f"{'llama.cpp':<14} serial  : {tokens:>5} tokens in {seconds:6.1f} s = {tokens / seconds:6.1f} tok/s")
+    top = max(args.batches)
+    print(f"speedup_vs_tunix_sampler={seconds_of['tunix_sampler', top] / seconds_of['ours', top]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
