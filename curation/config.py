@@ -34,6 +34,7 @@ class ProceduralSource(_Strict):
     task: str
     n: int = Field(default=50, ge=1)
     seed: int | None = None  # None: the run's seed
+    options: dict[str, Any] = Field(default_factory=dict)  # the generator's own config, e.g. max_terms
 
 
 class HubSource(_Strict):

@@ -30,7 +30,7 @@ class PullStats(store.StageStats):
 def _load(spec: ProceduralSource | HubSource, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Load one source spec."""
     if isinstance(spec, ProceduralSource):
-        return procedural.load(spec.task, spec.n, spec.seed if spec.seed is not None else seed)
+        return procedural.load(spec.task, spec.n, spec.seed if spec.seed is not None else seed, **spec.options)
     return hub.load(spec.id, spec.data_files, spec.split, config=spec.config, revision=spec.revision,
                     limit=spec.limit)
 

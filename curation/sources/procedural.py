@@ -31,14 +31,24 @@ def _check_task(task: str) -> None:
         raise LookupError(f"unknown reasoning-gym task {task!r}; valid tasks: {', '.join(sorted(DATASETS))}")
 
 
-def load(task: str, n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Generate n problems of a reasoning-gym task with a seed: (kept, rejected) frames."""
+def load(task: str, n: int, seed: int, **options: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Generate n problems of a reasoning-gym task with a seed: (kept, rejected) frames.
+
+    `options` go to the generator's config (e.g. `max_terms=2` for chain_sum).
+    """
     import reasoning_gym
 
     _check_task(task)
     if n < 1:
         raise ValueError(f"procedural source {task!r}: n must be at least 1, got {n}")
-    dataset = reasoning_gym.create_dataset(task, size=n, seed=seed)
+    try:
+        dataset = reasoning_gym.create_dataset(task, size=n, seed=seed, **options)
+    except TypeError as err:  # an unknown option: name the ones the generator has
+        import dataclasses
+
+        known = [f.name for f in dataclasses.fields(reasoning_gym.create_dataset(task, size=1, seed=0).config)]
+        raise LookupError(f"procedural source {task!r}: bad options {sorted(options)} ({err}); "
+                         f"the generator takes {', '.join(k for k in known if k not in ('seed', 'size'))}") from None
     kept: list[Problem] = []
     rejected: list[Rejected] = []
     for index in range(n):
@@ -51,7 +61,7 @@ def load(task: str, n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
             problem=entry.get("question"),
             answer=strip_math_delimiters(entry["answer"]) if isinstance(entry.get("answer"), str) else entry.get("answer"),
             solution=solution,
-            meta={"task": task, "seed": seed, "index": index, "entry": _jsonable(entry)},
+            meta={"task": task, "seed": seed, "index": index, "options": options, "entry": _jsonable(entry)},
             problem_field="question",
         )
         (kept if isinstance(result, Problem) else rejected).append(result)

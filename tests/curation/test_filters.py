@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pytest
 
@@ -92,8 +94,11 @@ def test_format_check(text, problem):
     assert found == problem if problem is None else problem in found
 
 
-def test_verifier_accepts_the_generator_score_for_procedural_problems():
-    kept, _ = procedural.load("fraction_simplification", 4, seed=2)
-    row = kept.row(0, named=True)
-    completions = [format_trace(REASONING, row["answer"]), format_trace(REASONING, "1/1")]
+def test_procedural_answers_also_need_the_generators_full_score():
+    kept, _ = procedural.load("fraction_simplification", 40, seed=2)
+    row = next(r for r in kept.iter_rows(named=True) if "/" in r["answer"] and "frac" not in r["answer"])
+    meta = json.loads(row["meta"])["entry"]["metadata"]
+    unreduced = f"{meta['numerator']}/{meta['denominator']}"  # the same value, not simplified
+    completions = [format_trace(REASONING, row["answer"]), format_trace(REASONING, unreduced)]
+    assert answers.is_equivalent(unreduced, row["answer"])  # math-verify alone would accept it
     assert verifier.verdicts(completions, [row["answer"]] * 2, [row["source"]] * 2, [row["meta"]] * 2) == [True, False]

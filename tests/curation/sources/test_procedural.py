@@ -56,3 +56,10 @@ def test_meta_keeps_task_seed_and_index():
 def test_unknown_task_names_the_valid_ones():
     with pytest.raises(LookupError, match="basic_arithmetic"):
         procedural.load("no_such_task", 3, seed=0)
+
+
+def test_generator_options_shape_the_problems_and_bad_ones_are_named():
+    kept, _ = procedural.load("chain_sum", 10, seed=1, min_terms=2, max_terms=2, min_digits=1, max_digits=1)
+    assert all(p.count("+") + p.count("-") == 1 for p in kept["problem"])
+    with pytest.raises(LookupError, match="bad options \\['bogus'\\].*max_terms"):
+        procedural.load("chain_sum", 3, seed=1, bogus=2)
