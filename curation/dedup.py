@@ -267,7 +267,7 @@ def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Man
     for source in config.eval_sets:  # benchmark files are inputs too: a changed file recomputes
         if source.data_files:
             files = source.data_files if isinstance(source.data_files, list) else [source.data_files]
-            inputs.update({f"eval:{f}": _path_hash(Path(f)) for f in files})
+            inputs.update({f"eval:{f}": store.path_hash(Path(f)) for f in files})
     stage_config = {**config.model_dump(mode="json"), "bands": params.bands, "rows": params.rows}
 
     def compute() -> store.StageResult:
@@ -283,13 +283,3 @@ def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Man
         index.add(store.read_data(run_dir, STAGE)["id"].to_list(), exact_keys(kept),
                   minhash.signatures(kept, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed))
     return manifest
-
-
-def _path_hash(path: Path) -> str:
-    """Content hash of a file, or of all files under a folder."""
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(store.file_hash(file).encode())
-        return digest.hexdigest()
-    return store.file_hash(path) if path.is_file() else "missing"

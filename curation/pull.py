@@ -70,11 +70,7 @@ def input_hashes(config: PullConfig) -> dict[str, str]:
             inputs["reasoning-gym"] = metadata.version("reasoning-gym")
         elif spec.data_files is not None:
             files = spec.data_files if isinstance(spec.data_files, list) else [spec.data_files]
-            for path in files:
-                for file in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
-                        else [Path(path)]:
-                    if file.is_file():
-                        inputs[f"file:{file}"] = store.file_hash(file)
+            inputs.update({f"file:{path}": store.path_hash(Path(path)) for path in files})
         else:
             inputs[f"hub:{spec.id}"] = spec.revision or "main"
     return inputs

@@ -81,6 +81,16 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def path_hash(path: Path) -> str:
+    """Content hash of a file, or of every file under a folder ("missing" when absent)."""
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}\0{file_hash(file)}\n".encode())
+        return digest.hexdigest()
+    return file_hash(path) if path.is_file() else "missing"
+
+
 def stage_key(config: Any, inputs: dict[str, str]) -> str:
     """The identity of a stage's output: a hash of its config and its inputs' hashes."""
     canonical = json.dumps({"config": config, "inputs": inputs}, sort_keys=True, default=str)

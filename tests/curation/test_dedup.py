@@ -16,6 +16,7 @@ from curation import dedup, pull, store
 from curation.config import DedupConfig, HubSource, ProceduralSource, PullConfig
 from curation.schema import problem_id
 from curation.sources import hub
+from tests.conftest import free_port
 
 WORDS = ("apple bread chair dog egg farm grape house ink jar kite lamp moon nest owl pen queen road "
          "sun tree umbrella van wall yard zoo red blue green small large quick slow happy sad").split()
@@ -187,18 +188,13 @@ def test_rerun_of_a_complete_dedup_is_skipped(tmp_path):
     assert dedup.run(run, DedupConfig()).started_at == first.started_at
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture
 def redis_url(tmp_path):
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server binary not installed (apt-get install redis-server); Redis index path untested")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +20,10 @@ import pytest
 from curation import dedup, filters, generate, pull, store
 from curation.config import DedupConfig, FilterConfig, ProceduralSource, PullConfig, TeacherConfig
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start_server(gguf: str, port: int) -> subprocess.Popen:
@@ -64,7 +60,7 @@ def test_generate_and_filter_on_a_real_server_killed_once(tmp_path, gguf):
     run = tmp_path / "smoke" / "v1"
     pull.run(run, PullConfig(seed=7, sources=[ProceduralSource(task="chain_sum", n=20)]))
     dedup.run(run, DedupConfig())
-    port = _free_port()
+    port = free_port()
     sets = {"teacher.backend": "openai", "teacher.base_url": f"http://127.0.0.1:{port}/v1",
             "teacher.model": "gemma3-270m", "teacher.style": "completion", "teacher.n": 2,
             "teacher.max_new_tokens": 64, "teacher.concurrency": 2, "teacher.timeout_s": 30,
