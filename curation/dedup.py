@@ -198,7 +198,7 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
         leaks = {doc: (b, f"shares the {ngram}-gram '{gram}'", float((sigs[doc] == bench_sigs[b]).mean()))
                  for doc, (b, gram) in contamination(texts, bench["problem"].to_list(), n=ngram,
                                                      max_df=max_df).items()}
-        for doc, b, j in _cross_matches(sigs, bench_sigs, params):
+        for doc, b, j in minhash.cross_matches(sigs, bench_sigs, params.bands, params.rows, params.threshold):
             leaks.setdefault(doc, (b, f"MinHash near-duplicate (Jaccard {j:.2f})", j))
         rows = sorted(leaks)
         rejected_parts.append(_reject(problems, rows, DedupReason.CONTAMINATED,
@@ -246,18 +246,6 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
                        keys=[k for k, a in zip(keys, alive) if a], signatures=sigs[alive])
 
 
-def _cross_matches(sigs: np.ndarray, other: np.ndarray, params: Params) -> list[tuple[int, int, float]]:
-    """(row of sigs, row of other, Jaccard) for LSH candidates across the two at >= threshold."""
-    if len(sigs) == 0 or len(other) == 0:
-        return []
-    stacked = np.concatenate([sigs, other])
-    pairs = minhash.candidate_pairs(stacked, params.bands, params.rows)
-    pairs = pairs[(pairs[:, 0] < len(sigs)) & (pairs[:, 1] >= len(sigs))]
-    scores = minhash.jaccard(stacked, pairs)
-    keep = scores >= params.threshold
-    return [(int(i), int(j) - len(sigs), float(s)) for (i, j), s in zip(pairs[keep], scores[keep])]
-
-
 def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Manifest:
     """Run the dedup stage on the pull output of `run_dir`; record kept rows in the version index."""
     params = Params.from_config(config)
@@ -279,7 +267,8 @@ def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Man
 
     manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute, force=force)
     if not index.has_current():  # skipped stage whose index entry was lost: rebuild it
-        kept = store.read_data(run_dir, STAGE)["problem"].to_list()
-        index.add(store.read_data(run_dir, STAGE)["id"].to_list(), exact_keys(kept),
-                  minhash.signatures(kept, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed))
+        kept = store.read_data(run_dir, STAGE)
+        texts = kept["problem"].to_list()
+        index.add(kept["id"].to_list(), exact_keys(texts),
+                  minhash.signatures(texts, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed))
     return manifest

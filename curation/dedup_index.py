@@ -60,17 +60,10 @@ class VersionIndex(Protocol):
 
 
 def _best_near(new_sigs: np.ndarray, old_sigs: np.ndarray, params: Params) -> dict[int, tuple[int, float]]:
-    """For new rows with an LSH candidate among old rows at >= threshold: (old row, Jaccard)."""
-    if len(new_sigs) == 0 or len(old_sigs) == 0:
-        return {}
-    stacked = np.concatenate([old_sigs, new_sigs])
-    pairs = minhash.candidate_pairs(stacked, params.bands, params.rows)
-    pairs = pairs[(pairs[:, 0] < len(old_sigs)) & (pairs[:, 1] >= len(old_sigs))]
-    scores = minhash.jaccard(stacked, pairs)
+    """For each new row with an old row at >= threshold: the most similar (old row, Jaccard)."""
     best: dict[int, tuple[int, float]] = {}
-    for (old, new), score in zip(pairs.tolist(), scores.tolist()):
-        new -= len(old_sigs)
-        if score >= params.threshold and score > best.get(new, (-1, -1.0))[1]:
+    for new, old, score in minhash.cross_matches(new_sigs, old_sigs, params.bands, params.rows, params.threshold):
+        if score > best.get(new, (-1, -1.0))[1]:
             best[new] = (old, score)
     return best
 

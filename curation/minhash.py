@@ -259,6 +259,19 @@ def jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
 
 
+def cross_matches(sigs: np.ndarray, other: np.ndarray, bands: int, rows: int, threshold: float
+                  ) -> list[tuple[int, int, float]]:
+    """(row of sigs, row of other, estimated Jaccard) for LSH candidates across the two sets at >= threshold."""
+    if len(sigs) == 0 or len(other) == 0:
+        return []
+    stacked = np.concatenate([sigs, other])
+    pairs = candidate_pairs(stacked, bands, rows)
+    pairs = pairs[(pairs[:, 0] < len(sigs)) & (pairs[:, 1] >= len(sigs))]
+    scores = jaccard(stacked, pairs)
+    keep = scores >= threshold
+    return [(int(i), int(j) - len(sigs), float(s)) for (i, j), s in zip(pairs[keep], scores[keep])]
+
+
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
     """For each of n items, the smallest index in its connected component (transitive)."""
     if len(pairs) == 0:

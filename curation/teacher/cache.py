@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from curation.teacher import Completion
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,3 +60,18 @@ class RequestCache:
     def close(self) -> None:
         """Close the file."""
         self._handle.close()
+
+
+def to_entry(completion: Completion) -> dict[str, Any]:
+    """What the cache keeps of a finished sample."""
+    return {"text": completion.text, "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "latency_s": completion.latency_s, "attempts": completion.attempts}
+
+
+def from_entry(prompt_idx: int, sample_idx: int, entry: dict[str, Any]) -> Completion:
+    """A cached sample as a Completion of this run (marked cached)."""
+    return Completion(prompt_idx=prompt_idx, sample_idx=sample_idx, text=entry["text"],
+                      finish_reason=entry["finish_reason"], prompt_tokens=entry["prompt_tokens"],
+                      completion_tokens=entry["completion_tokens"], latency_s=entry["latency_s"],
+                      attempts=entry.get("attempts", 1), cached=True)

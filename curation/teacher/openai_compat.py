@@ -21,7 +21,7 @@ import openai
 from tqdm.auto import tqdm
 
 from curation.teacher import Completion, Prompt, SamplingParams, close_answer
-from curation.teacher.cache import RequestCache, request_key
+from curation.teacher.cache import RequestCache, from_entry, request_key, to_entry
 from curation.teacher.prompts import COMPLETION_STOPS
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class OpenAITeacher:
                 keys[p, s] = request_key(self.name, payload, payload_params, s)
                 hit = self.cache.get(keys[p, s]) if self.cache is not None else None
                 if hit is not None:
-                    results[p, s] = _from_cache(p, s, hit)
+                    results[p, s] = from_entry(p, s, hit)
                 else:
                     missing.append(s)
             if missing:
@@ -138,7 +138,7 @@ class OpenAITeacher:
             for s, completion in done.items():
                 results[p, s] = completion
                 if self.cache is not None and completion.error is None:
-                    self.cache.put(keys[p, s], _to_cache(completion))
+                    self.cache.put(keys[p, s], to_entry(completion))
                 tokens += completion.completion_tokens or 0
                 bar.update(1)
             bar.set_postfix(tok_per_s=f"{tokens / max(1e-9, time.perf_counter() - started):.0f}", refresh=False)
@@ -208,15 +208,3 @@ def _describe(error: Exception) -> str:
     if isinstance(error, openai.APIStatusError):
         return f"HTTP {error.status_code}: {str(error.message)[:200]}"
     return str(error)[:200]
-
-
-def _to_cache(completion: Completion) -> dict[str, Any]:
-    return {"text": completion.text, "finish_reason": completion.finish_reason,
-            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "latency_s": completion.latency_s, "attempts": completion.attempts}
-
-
-def _from_cache(p: int, s: int, entry: dict[str, Any]) -> Completion:
-    return Completion(prompt_idx=p, sample_idx=s, text=entry["text"], finish_reason=entry["finish_reason"],
-                      prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"],
-                      latency_s=entry["latency_s"], attempts=entry["attempts"], cached=True)

@@ -13,7 +13,7 @@ import time
 from tqdm.auto import tqdm
 
 from curation.teacher import Completion, Prompt, SamplingParams
-from curation.teacher.cache import RequestCache, request_key
+from curation.teacher.cache import RequestCache, from_entry, request_key, to_entry
 from curation.teacher.prompts import COMPLETION_STOPS
 
 
@@ -44,10 +44,7 @@ class TunixTeacher:
                 key = request_key(self.name, prompt.text, payload, s)
                 hit = self.cache.get(key) if self.cache is not None else None
                 if hit is not None:
-                    results[p, s] = Completion(prompt_idx=p, sample_idx=s, text=hit["text"],
-                                               finish_reason=hit["finish_reason"], prompt_tokens=hit["prompt_tokens"],
-                                               completion_tokens=hit["completion_tokens"], latency_s=hit["latency_s"],
-                                               attempts=1, cached=True)
+                    results[p, s] = from_entry(p, s, hit)
                 else:
                     todo.append((p, s, key))
         # Similar prompt lengths in one batch waste less padding.
@@ -72,9 +69,7 @@ class TunixTeacher:
                 results[p, s] = completion
                 tokens += generated.completion_tokens
                 if self.cache is not None:
-                    self.cache.put(key, {"text": text, "finish_reason": completion.finish_reason,
-                                         "prompt_tokens": completion.prompt_tokens,
-                                         "completion_tokens": completion.completion_tokens, "latency_s": latency})
+                    self.cache.put(key, to_entry(completion))
             bar.update(len(batch))
             bar.set_postfix(tok_per_s=f"{tokens / max(1e-9, time.perf_counter() - started):.0f}", refresh=False)
         bar.close()
