@@ -1,7 +1,7 @@
 """The one typed pipeline config: named profiles (YAML), a config file, then `--set` overrides.
 
 Keys are stable (DESIGN.md "Interfaces"): `seed`, `sources`, `teacher.*`, `filter.*`,
-`dedup.*`, `student.model`, `sft.steps`, `grpo.steps`.
+`dedup.*`, `student.model`, `sft.*`, `grpo.*`, `eval.*`, `mesh.*`.
 """
 
 from __future__ import annotations
@@ -110,10 +110,69 @@ class StudentConfig(_Strict):
     model: str = "gemma3-270m"
 
 
-class StepsConfig(_Strict):
-    """A training stage's length."""
+class LoraConfig(_Strict):
+    """The LoRA adapter (qwix) put on the student's attention and MLP projections."""
+
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0)
+    # qwix module-path regex: Tunix Gemma 3's attention (q/kv/out einsums) and MLP projections
+    targets: str = ".*(q_einsum|kv_einsum|attn_vec_einsum|gate_proj|up_proj|down_proj)"
+
+
+class MeshConfig(_Strict):
+    """The device mesh: fsdp x tp must equal the device count; (1, 1) on one CPU means no mesh."""
+
+    fsdp: int | None = Field(default=None, ge=1)  # None: every device on fsdp
+    tp: int = Field(default=1, ge=1)
+
+
+class SftConfig(_Strict):
+    """LoRA supervised warmup on the SFT set."""
 
     steps: int = Field(default=20, ge=0)
+    batch_size: int = Field(default=2, ge=1)
+    max_length: int = Field(default=256, ge=8)  # prompt + completion tokens; longer rows are rejected
+    learning_rate: float = Field(default=1e-4, gt=0)
+    eval_every: int = Field(default=10, ge=1)
+    checkpoint_every: int = Field(default=10, ge=1)
+    lora: LoraConfig = LoraConfig()
+
+
+class GrpoConfig(_Strict):
+    """GRPO on the prompt set, starting from the SFT adapter."""
+
+    steps: int = Field(default=4, ge=0)
+    batch_size: int = Field(default=1, ge=1)  # prompts per step
+    num_generations: int = Field(default=2, ge=2)
+    beta: float = Field(default=0.08, ge=0)
+    epsilon: float = Field(default=0.2, gt=0)
+    learning_rate: float = Field(default=3e-6, gt=0)
+    temperature: float = Field(default=0.9, gt=0)
+    max_prompt_length: int = Field(default=256, ge=8)  # longer prompts are rejected, and counted
+    max_new_tokens: int = Field(default=128, ge=1)
+    checkpoint_every: int = Field(default=2, ge=1)
+
+
+class EvalConfig(_Strict):
+    """Held-out accuracy and format compliance: base, after SFT, after GRPO."""
+
+    # Held-out problems (procedural with their own seed, or Hub test splits); empty: the GRPO validation split
+    sets: list[Source] = Field(default_factory=list)
+    limit: int | None = Field(default=32, ge=1)  # problems per set
+    max_new_tokens: int = Field(default=128, ge=1)
+    pass_k: int = Field(default=1, ge=1)  # > 1: also pass@k with k samples at the temperature below
+    temperature: float = Field(default=0.8, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+
+
+class OrchestrationConfig(_Strict):
+    """Prefect schedules and where training runs."""
+
+    refresh_cron: str = "0 3 * * 1"  # the refresh deployment: weekly, Monday 03:00
+    nightly_cron: str = "0 2 * * *"  # the nightly curate-and-train deployment (served paused)
+    # A deployment name, e.g. "tpu": curate-and-train hands sft/grpo/eval to `<stage>/<name>` with
+    # run_deployment (a TPU work pool in production) instead of running them in its own process.
+    training_deployment: str | None = None
 
 
 class PullConfig(_Strict):
@@ -134,8 +193,11 @@ class Config(_Strict):
     dedup: DedupConfig = DedupConfig()
     build: BuildConfig = BuildConfig()
     student: StudentConfig = StudentConfig()
-    sft: StepsConfig = StepsConfig()
-    grpo: StepsConfig = StepsConfig()
+    sft: SftConfig = SftConfig()
+    grpo: GrpoConfig = GrpoConfig()
+    eval: EvalConfig = EvalConfig()
+    mesh: MeshConfig = MeshConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     def pull(self) -> PullConfig:
         """The pull stage's part of the config."""

@@ -203,8 +203,13 @@ def run_stage(
     inputs: dict[str, str],
     compute: Callable[[], StageResult],
     force: bool = False,
+    outputs: tuple[str, ...] = (),
 ) -> Manifest:
-    """Run a stage unless a complete output with the same key exists; write it atomically."""
+    """Run a stage unless a complete output with the same key exists; write it atomically.
+
+    `outputs`: more files (paths relative to the stage folder) that compute writes itself,
+    e.g. a model adapter; they are hashed into the manifest like the tables.
+    """
     stage_dir = run_dir / stage
     key = stage_key(config, inputs)
     existing = None if force else complete_manifest(stage_dir, key)
@@ -229,7 +234,7 @@ def run_stage(
         write_parquet(frame, stage_dir / f"{name}.parquet")
     counts = {"rows_in": stats.rows_in, "kept": stats.kept, "rejected": stats.rejected}
     manifest = finish_stage(stage_dir, stage=stage, key=key, config=config, inputs=inputs,
-                            outputs=[DATA, REJECTED, STATS, *extra], counts=counts, started=started)
+                            outputs=[DATA, REJECTED, STATS, *extra, *outputs], counts=counts, started=started)
     logger.info("%s: kept %d, rejected %d of %d in %.1f s -> %s", stage, stats.kept, stats.rejected,
                 stats.rows_in, manifest.seconds, stage_dir)
     return manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from curation import store
 from data_cards import facts as card_facts
-from data_cards.render import SETS, render_set
+from data_cards.render import SETS, evaluation, render_set
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,9 @@ def run(run_dir: Path, *, seed: int, force: bool = False) -> store.Manifest:
     config_file = run_dir / card_facts.CONFIG_FILE
     if config_file.is_file():
         inputs["config"] = store.file_hash(config_file)
+    eval_json = run_dir / "eval" / "eval.json"
+    if eval_json.is_file():  # a finished eval adds its table to the cards
+        inputs["eval"] = store.file_hash(eval_json)
     stage_dir = run_dir / STAGE
     key = store.stage_key({"seed": seed}, inputs)
     existing = None if force else store.complete_manifest(stage_dir, key)
@@ -66,4 +69,7 @@ def summary(run_dir: Path) -> str:
     teacher = facts["teacher"]
     lines.append(f"teacher: {teacher['model']} ({teacher['backend']}), n={teacher['n']}, "
                  f"T={teacher['temperature']}; mean pass rate {facts['filter']['mean_pass_rate']:.2f}")
+    table = evaluation(run_dir)
+    if table:
+        lines += ["evaluation (eval/eval.json):", *table.splitlines()]
     return "\n".join(lines)

@@ -76,6 +76,16 @@ def commands(facts: dict[str, Any]) -> list[str]:
     return [f"distillery {stage} --run {run} --config config.yaml" for stage in stages]
 
 
+def evaluation(run_dir: Path) -> str | None:
+    """The eval stage's markdown table when the run has an eval/eval.json, else None."""
+    path = run_dir / "eval" / "eval.json"
+    if not path.is_file():
+        return None
+    from training.evaluate import table  # only runs that were trained and evaluated need it
+
+    return table(json.loads(path.read_text()))
+
+
 def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -> dict[str, Any]:
     """Write cards/<which>/ and return the card's facts (what card.json holds)."""
     frame = (pl.read_parquet(run_dir / "build" / "sft.parquet") if which == "sft"
@@ -103,6 +113,7 @@ def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -
         "title": f"{facts['dataset']}: {which.upper()} set, version {facts['version']}",
         "set": which, "description": DESCRIPTIONS[which], "sizes": sizes, "facts": facts, "plots": made,
         "examples": _examples(frame, which, seed), "hashes": hashes, "commands": commands(facts), "seed": seed,
+        "evaluation": evaluation(run_dir),
     }
     card = scrub(card, run_dir)
     template = resources.files("data_cards").joinpath("template.md.j2").read_text()

@@ -162,6 +162,8 @@ def _hf_family(folder: Path) -> tuple[Any, Any]:
                    (34, 2560): lib.ModelConfig.gemma3_4b_it}
         layers = config.get("num_hidden_layers", config.get("num_layers"))
         width = config.get("hidden_size", config.get("embed_dim"))
+        if (layers, width) not in presets and "tunix_model_config" in config:  # written by training/export.py
+            return params, lib.ModelConfig(**config["tunix_model_config"])
         if (layers, width) not in presets:
             raise LookupError(f"{folder}: no Tunix Gemma 3 preset with {layers} layers x {width}")
         return params, presets[layers, width]()

@@ -1,0 +1,102 @@
+"""The SFT stage on the tiny student: loss falls, a killed run resumes, a finished one is skipped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curation import store
+from tests.training import runs
+from training import lora, models, sft
+
+
+def test_loss_falls_over_30_steps_on_a_fixed_batch(tmp_path):
+    run = runs.make_run(tmp_path, n_train=2, n_val=1)  # batch 2 = the whole train split: a fixed batch
+    sft.run(run, runs.config("sft.steps=30", "sft.learning_rate=3e-3", "sft.eval_every=10", "sft.checkpoint_every=30"))
+    metrics = pl.read_parquet(run / "sft" / "metrics.parquet")
+    losses = metrics.filter(pl.col("loss").is_not_null())["loss"].to_list()
+    assert metrics.filter(pl.col("loss").is_not_null())["step"].to_list() == list(range(1, 31))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2
+    assert metrics.filter(pl.col("eval_loss").is_not_null())["step"].to_list() == [0, 10, 20, 30]
+    assert (metrics.filter(pl.col("loss").is_not_null())["tokens_per_s"] > 0).all()
+
+
+def test_too_long_rows_are_rejected_and_counted(tmp_path):
+    run = runs.make_run(tmp_path, n_train=2, n_val=1, long_problems=2)
+    manifest = sft.run(run, runs.config("sft.steps=1"))
+    rejected = pl.read_parquet(run / "sft" / "rejected.parquet")
+    assert rejected["reject_reason"].to_list() == ["too_long", "too_long"]
+    assert manifest.counts == {"rows_in": 5, "kept": 3, "rejected": 2}
+    assert json.loads((run / "sft" / "stats.json").read_text())["reasons"] == {"too_long": 2}
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL in the middle of training."""
+
+
+def test_killed_run_resumes_from_its_checkpoint_and_metrics_continue(tmp_path, monkeypatch):
+    run = runs.make_run(tmp_path)
+    config = runs.config("sft.steps=8", "sft.checkpoint_every=3", "sft.eval_every=4", "sft.learning_rate=1e-3")
+    original = sft.MetricsLog.train_step
+
+    def die_at_step_5(self, step, *args, **kwargs):
+        original(self, step, *args, **kwargs)
+        if step == 5:
+            raise Killed("killed after step 5; the last checkpoint is step 3")
+
+    monkeypatch.setattr(sft.MetricsLog, "train_step", die_at_step_5)
+    with pytest.raises(Killed):
+        sft.run(run, config)
+    assert store.complete_manifest(run / "sft") is None
+    assert [r["step"] for r in sft.MetricsLog(run / "sft" / sft.METRICS_LOG, []).rows() if "loss" in r] == [1, 2, 3, 4, 5]
+    monkeypatch.undo()
+
+    manifest = sft.run(run, config)
+    stats = json.loads((run / "sft" / "stats.json").read_text())
+    assert stats["resumed_from"] == 3 and stats["steps"] == 8
+    metrics = pl.read_parquet(run / "sft" / "metrics.parquet")
+    assert metrics.filter(pl.col("loss").is_not_null())["step"].to_list() == list(range(1, 9))
+    assert metrics["step"].n_unique() == metrics.height  # one row per step, eval joined in
+    assert lora.ADAPTER in manifest.outputs
+
+
+def test_second_run_with_the_same_key_is_skipped_and_changed_config_starts_over(tmp_path):
+    run = runs.make_run(tmp_path, n_train=2, n_val=1)
+    first = sft.run(run, runs.config("sft.steps=2"))
+    assert sft.run(run, runs.config("sft.steps=2")).started_at == first.started_at  # skipped
+    third = sft.run(run, runs.config("sft.steps=3"))
+    assert third.key != first.key
+    assert json.loads((run / "sft" / "stats.json").read_text())["resumed_from"] == 0  # other key: wiped
+
+
+def test_empty_train_split_gives_the_identity_adapter(tmp_path, caplog):
+    run = runs.make_run(tmp_path, n_train=0, n_val=2)
+    manifest = sft.run(run, runs.config("sft.steps=5"))
+    assert manifest.counts["kept"] == 2 and "no training rows" in caplog.text
+    values, _ = lora.read(run / "sft" / lora.ADAPTER)
+    assert all(not v.any() for name, v in values.items() if "lora_b" in name)
+
+
+def test_load_student_applies_the_sft_adapter(tmp_path):
+    run = runs.make_run(tmp_path, n_train=2, n_val=1)
+    config = runs.config("sft.steps=3", "sft.learning_rate=1e-2")
+    sft.run(run, config)
+    base, tuned = lora.load_student(run, None, config), lora.load_student(run, "sft", config)
+    text = ["<start_of_turn>user\nWhat is 1 + 4?<end_of_turn>\n<start_of_turn>model\n<reasoning>"]
+    before, after = models.token_nll(base, text)[0], models.token_nll(tuned, text)[0]
+    assert not np.allclose(before, after)
+    manual = lora.load_into(models.load(config.student.model, seed=config.seed).model, run / "sft" / lora.ADAPTER,
+                            config=config.sft.lora)
+    assert any(v.any() for k, v in lora.params(manual).items() if "lora_b" in k)  # trained, not the identity
+
+
+def test_one_cpu_device_means_no_mesh_and_a_wrong_shape_is_named():
+    from curation.config import MeshConfig
+    from training import mesh
+
+    assert mesh.create(MeshConfig()) is None
+    with pytest.raises(ValueError, match="fsdp=2 x tp=1"):
+        mesh.create(MeshConfig(fsdp=2))
