@@ -13,23 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
-# Stages whose work lands with later issues; their commands exist so the interface is stable.
-PENDING = {
-    "sft": 9, "grpo": 9, "eval": 9,
-    "run": 10, "serve": 10, "up": 10, "deployments": 10,
-}
-STAGE_HELP = {
-    "pull": "load the configured sources into the problem table",
-    "generate": "have the teacher write reasoning traces for every problem",
-    "filter": "keep traces with the right format and the verified answer",
-    "dedup": "remove exact and near-duplicates and benchmark contamination",
-    "build": "build the SFT set and the GRPO prompt set",
-    "cards": "render the data cards of the built sets",
-    "sft": "LoRA supervised warmup of the student",
-    "grpo": "GRPO reinforcement learning of the student",
-    "eval": "held-out accuracy before SFT, after SFT and after GRPO",
-}
+from flows.stages import STAGE_HELP, STAGES
+
 
 
 class CliError(Exception):
@@ -61,11 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="with --hub-id: local file or folder in the Hub format")
             stage_parser.add_argument("--split", default="train", help="with --hub-id: the split (default train)")
     run = sub.add_parser("run", help="the whole curate-and-train flow", description="the whole curate-and-train flow")
-    run.add_argument("--run", type=Path, default=None, metavar="DIR", help="run folder")
+    run.add_argument("--run", type=Path, default=None, metavar="DIR", help="run folder (default runs/demo/v1)")
     _config_args(run)
-    sub.add_parser("serve", help="serve the Prefect deployments", description="serve the Prefect deployments")
-    sub.add_parser("up", help="start a local Prefect server if none answers, then serve",
-                   description="start a local Prefect server if none answers, then serve")
+    run.add_argument("--force", action="store_true", help="recompute every stage even if its output is complete")
+    sub.add_parser("serve", help="serve the Prefect deployments (needs a Prefect API: see `up`)",
+                   description="serve the Prefect deployments (needs a Prefect API: see `up`)")
+    up = sub.add_parser("up", help="start a local Prefect server if none answers, then serve",
+                        description="start a local Prefect server if none answers, then serve")
+    up.add_argument("--port", type=int, default=4200, help="port of the local server (default 4200)")
     sub.add_parser("deployments", help="print deployment names, flow/deployment, one a line",
                    description="print deployment names, flow/deployment, one a line")
     card = sub.add_parser("card", help="print a run's card paths and a one-screen summary",
@@ -92,100 +80,92 @@ def _reasons(stats: dict) -> str:
     return ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
 
 
-def _load(args: argparse.Namespace):
-    """The resolved config of a stage command, also written to DIR/config.yaml to reproduce the run."""
-    import yaml
-
-    from curation import store
+def _config(args: argparse.Namespace):
+    """The resolved config of a command from its profile, config file and --set overrides."""
     from curation.config import load_config
 
-    config = load_config(args.profile, args.config, args.sets)
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    store.atomic_write_bytes(args.run / "config.yaml", text.encode())
-    return config
+    return load_config(args.profile, args.config, args.sets)
 
 
-def _pull(args: argparse.Namespace) -> int:
-    """`distillery pull`."""
-    from curation import pull
+def _summary(stage: str, run: Path, manifest) -> str:
+    """One line saying what a stage produced."""
+    counts = manifest.counts
+    if stage == "pull":
+        return (f"pull: {counts['kept']} problems kept, {counts['rejected']} rejected of {counts['rows_in']} "
+                f"-> {run / stage / 'data.parquet'}")
+    if stage in ("cards", "sft", "grpo", "eval"):
+        from flows import report
 
-    if args.hub_id:  # as a --set, so that config.yaml records the source
+        return report.stage_line(stage, run)
+    stats = _stats(run, stage)
+    if stage == "dedup":
+        lines = [f"dedup: {counts['kept']} problems kept of {counts['rows_in']}; rejected: {_reasons(stats)}; "
+                 f"LSH {stats['bands']} bands x {stats['rows_per_band']} rows -> {run / stage / 'data.parquet'}"]
+        lines += [f"  contamination vs {name} ({count} items): {stats['contaminated_by'].get(name, 0)} "
+                  f"training problems" for name, count in stats["eval_items"].items()]
+        return "\n".join(lines)
+    if stage == "generate":
+        return (f"generate: {counts['kept']} samples of {counts['rows_in']} ({stats['from_cache']} from the request "
+                f"cache, {stats['requests_sent']} requests sent), {counts['rejected']} teacher errors "
+                f"-> {run / stage / 'data.parquet'}")
+    if stage == "filter":
+        return (f"filter: {counts['kept']} traces kept of {counts['rows_in']} for {stats['problems_with_a_trace']}/"
+                f"{stats['problems']} problems; mean pass rate {stats['mean_pass_rate']:.2f}; rejected: "
+                f"{_reasons(stats)} -> {run / stage / 'data.parquet'}")
+    return (f"build: SFT {stats['sft_rows']['train']} train / {stats['sft_rows']['validation']} validation traces; "
+            f"GRPO {stats['grpo_rows']['train']} train / {stats['grpo_rows']['validation']} validation problems "
+            f"of {counts['rows_in']} (left out: {_reasons(stats)}) -> {run / stage}")
+
+
+def _stage(args: argparse.Namespace) -> int:
+    """`distillery <stage>`: run one stage on a run folder."""
+    from flows import stages
+
+    if args.command == "pull" and args.hub_id:  # as a --set, so that config.yaml records the source
         source = {"kind": "hub", "id": args.hub_id, "split": args.split, "data_files": args.data_files}
         args.sets = [*args.sets, f"sources=[{json.dumps(source)}]"]
-    elif args.data_files:
+    elif getattr(args, "data_files", None):
         raise CliError("--data-files needs --hub-id to say which format the files are in")
-    config = _load(args).pull()
-    manifest = pull.run(args.run, config, force=args.force)
-    counts = manifest.counts
-    print(f"pull: {counts['kept']} problems kept, {counts['rejected']} rejected of {counts['rows_in']} "
-          f"-> {args.run / pull.STAGE / 'data.parquet'}")
+    outcome = stages.run(args.command, args.run, _config(args), force=args.force)
+    if outcome.skipped:
+        print(f"{args.command}: skipped, complete output with key {outcome.manifest.key[:12]} already in "
+              f"{args.run / args.command}")
+    print(_summary(args.command, args.run, outcome.manifest))
     return 0
 
 
-def _dedup(args: argparse.Namespace) -> int:
-    """`distillery dedup`."""
-    from curation import dedup
+def _run(args: argparse.Namespace) -> int:
+    """`distillery run`: the curate-and-train flow, then where its results are."""
+    from flows import pipeline, report
 
-    config = _load(args).dedup
-    manifest = dedup.run(args.run, config, force=args.force)
-    stats = _stats(args.run, dedup.STAGE)
-    reasons = _reasons(stats)
-    print(f"dedup: {manifest.counts['kept']} problems kept of {manifest.counts['rows_in']}; rejected: {reasons}; "
-          f"LSH {stats['bands']} bands x {stats['rows_per_band']} rows -> {args.run / dedup.STAGE / 'data.parquet'}")
-    for name, count in stats["eval_items"].items():
-        print(f"  contamination vs {name} ({count} items): {stats['contaminated_by'].get(name, 0)} training problems")
+    config = _config(args)
+    run_dir = (args.run or Path("runs/demo/v1")).resolve()
+    pipeline.curate_and_train(run_dir=str(run_dir), config=config, force=args.force)
+    print(report.final(run_dir))
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    """`distillery generate`."""
-    from curation import generate
+def _deployments(args: argparse.Namespace) -> int:
+    """`distillery deployments`: every deployment as flow/deployment, one a line."""
+    from flows import deployments
 
-    config = _load(args)
-    manifest = generate.run(args.run, config.teacher, seed=config.seed, force=args.force)
-    stats = _stats(args.run, generate.STAGE)
-    print(f"generate: {manifest.counts['kept']} samples of {manifest.counts['rows_in']} "
-          f"({stats['from_cache']} from the request cache, {stats['requests_sent']} requests sent), "
-          f"{manifest.counts['rejected']} teacher errors -> {args.run / generate.STAGE / 'data.parquet'}")
+    for spec in deployments.specs():
+        print(spec.full_name)
     return 0
 
 
-def _filter(args: argparse.Namespace) -> int:
-    """`distillery filter`."""
-    from curation import filters
+def _serve(args: argparse.Namespace) -> int:
+    """`distillery serve`: serve every deployment from this process."""
+    from flows import server
 
-    config = _load(args).filter
-    manifest = filters.run(args.run, config, force=args.force)
-    stats = _stats(args.run, filters.STAGE)
-    reasons = _reasons(stats)
-    print(f"filter: {manifest.counts['kept']} traces kept of {manifest.counts['rows_in']} "
-          f"for {stats['problems_with_a_trace']}/{stats['problems']} problems; mean pass rate "
-          f"{stats['mean_pass_rate']:.2f}; rejected: {reasons} -> {args.run / filters.STAGE / 'data.parquet'}")
-    return 0
+    return server.serve()
 
 
-def _build(args: argparse.Namespace) -> int:
-    """`distillery build`."""
-    from curation import build
+def _up(args: argparse.Namespace) -> int:
+    """`distillery up`: a local Prefect server if none answers, then serve."""
+    from flows import server
 
-    config = _load(args)
-    manifest = build.run(args.run, config.build, student=config.student.model, seed=config.seed, force=args.force)
-    stats = _stats(args.run, build.STAGE)
-    reasons = _reasons(stats)
-    print(f"build: SFT {stats['sft_rows']['train']} train / {stats['sft_rows']['validation']} validation traces; "
-          f"GRPO {stats['grpo_rows']['train']} train / {stats['grpo_rows']['validation']} validation problems "
-          f"of {manifest.counts['rows_in']} (left out: {reasons}) -> {args.run / build.STAGE}")
-    return 0
-
-
-def _cards(args: argparse.Namespace) -> int:
-    """`distillery cards`."""
-    from data_cards import cards
-
-    config = _load(args)
-    cards.run(args.run, seed=config.seed, force=args.force)
-    print(cards.summary(args.run))
-    return 0
+    return server.up(port=args.port)
 
 
 def _card(args: argparse.Namespace) -> int:
@@ -207,7 +187,7 @@ def _model(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "pull": _pull, "dedup": _dedup, "generate": _generate, "filter": _filter, "build": _build, "cards": _cards,
+    **{stage: _stage for stage in STAGES}, "run": _run, "deployments": _deployments, "serve": _serve, "up": _up,
     "card": _card, "model": _model}
 
 
@@ -218,10 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for chatty in ("httpx", "httpx2", "openai"):  # one line per HTTP request drowns the progress bar
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    handler = COMMANDS.get(args.command)
-    if handler is None:
-        print(f"distillery {args.command}: not implemented yet (issue #{PENDING[args.command]})", file=sys.stderr)
-        return 2
+    handler = COMMANDS[args.command]
     from curation.config import ConfigError
     from curation.sources.hub import SourceError
     from curation.store import StageInputError

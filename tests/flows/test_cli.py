@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from flows import cli
+from flows.stages import STAGES
 
 
 @pytest.mark.parametrize("command", [*cli.STAGES, "run", "serve", "up", "deployments", "card", "model"])
@@ -57,9 +58,27 @@ def test_bad_input_fails_in_one_line(tmp_path, capsys, argv, message):
     assert message in err[-1] and err[-1].startswith("distillery pull: error:")
 
 
-def test_commands_of_later_stages_say_they_are_not_there_yet(tmp_path, capsys):
-    assert cli.main(["sft", "--run", str(tmp_path)]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_training_stages_before_build_say_what_to_run_first(tmp_path, capsys, stage):
+    assert cli.main([stage, "--run", str(tmp_path), "--profile", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"distillery {stage}: error:") and "run" in err[0]
+
+
+def test_eval_alone_scores_the_base_model_and_says_what_is_missing(tmp_path, capsys):
+    """With configured eval sets, eval needs no earlier stage: the trained models are reported as not run."""
+    assert cli.main(["eval", "--run", str(tmp_path), "--profile", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "| base |" in out and "| sft | not run |" in out and "| grpo | not run |" in out
+
+
+def test_deployments_prints_every_deployment_one_a_line(capsys):
+    assert cli.main(["deployments"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "curate-and-train/cpu-smoke"
+    assert {f"{stage}/cpu-smoke" for stage in STAGES} <= set(lines)
+    assert "refresh/weekly" in lines and "curate-and-train/tiny" in lines
+    assert all(line.count("/") == 1 and " " not in line for line in lines)
 
 
 def test_dedup_after_pull_reports_contamination(tmp_path, shared_data, capsys):

@@ -1,0 +1,89 @@
+"""The deployments `distillery serve` offers: `curate-and-train/<name>`, one per stage, and `refresh`.
+
+Locally every deployment is served by one process (`prefect.serve`), so flow runs execute
+on this machine. In production the training stages go to a TPU work pool instead: deploy
+`sft`, `grpo` and `eval` there (README "Production"), e.g.
+
+    sft_flow.deploy(name="tpu", work_pool_name="tpu-v5e", image="…/distillery:latest",
+                    parameters={...})
+
+and set `orchestration.training_deployment: tpu`: `curate-and-train` then hands each
+training stage to `<stage>/tpu` with `run_deployment` and waits for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.config import load_config
+from flows import stages
+
+DEFAULT_DEPLOYMENT = "cpu-smoke"
+DEFAULT_DATASET = Path("runs/demo")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """One deployment: which flow, its name, its profile and run folder, and its schedule."""
+
+    flow: str
+    name: str
+    profile: str
+    path: Path  # run folder (a dataset folder for refresh), relative to where `serve` starts
+    cron: str | None = None
+    paused: bool = False
+    description: str = ""
+    sets: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def full_name(self) -> str:
+        """`flow/deployment`, as `prefect deployment run` takes it."""
+        return f"{self.flow}/{self.name}"
+
+
+def specs() -> list[Spec]:
+    """Every deployment, in the order `distillery deployments` prints them."""
+    smoke = load_config(DEFAULT_DEPLOYMENT).orchestration
+    nightly = load_config("kaggle-tpu").orchestration
+    demo = DEFAULT_DATASET / "v1"
+    found = [
+        Spec(flow="curate-and-train", name="cpu-smoke", profile="cpu-smoke", path=demo,
+             description="the embedded default end to end on CPU"),
+        Spec(flow="curate-and-train", name="tiny", profile="tiny", path=Path("runs/tiny/v1"),
+             description="a seconds-long run on a tiny random model: checks the wiring, not the results"),
+        Spec(flow="curate-and-train", name="nightly", profile="kaggle-tpu", path=Path("runs/nightly/v1"),
+             cron=nightly.nightly_cron, paused=True,
+             description="Hub sources and a served teacher, nightly (paused until resumed: it needs the endpoint)"),
+        Spec(flow="curate-and-train", name="tpu", profile="tpu-pod", path=Path("runs/tpu/v1"),
+             description="production profile: Hub sources, served teacher, TPU mesh"),
+    ]
+    found += [Spec(flow=stage, name=DEFAULT_DEPLOYMENT, profile=DEFAULT_DEPLOYMENT, path=demo,
+                   description=f"the {stage} stage alone on an existing run folder")
+              for stage in stages.STAGES]
+    found.append(Spec(flow="refresh", name="weekly", profile=DEFAULT_DEPLOYMENT, path=DEFAULT_DATASET,
+                      cron=smoke.refresh_cron,
+                      description="pull anew, dedup against earlier versions, write a version only with new rows"))
+    return found
+
+
+def parameters(spec: Spec, root: Path) -> dict[str, Any]:
+    """The flow parameters of a deployment: absolute paths under `root` and the resolved typed config."""
+    config = load_config(spec.profile, sets=spec.sets).model_dump(mode="json")
+    where = str((root / spec.path).resolve())
+    return {"dataset_dir": where, "config": config} if spec.flow == "refresh" else {"run_dir": where, "config": config}
+
+
+def runner_deployments(root: Path | None = None) -> list[Any]:
+    """Prefect RunnerDeployments for every spec, ready for `prefect.serve`."""
+    from prefect.deployments.runner import EntrypointType
+
+    from flows import pipeline
+
+    flows = {"curate-and-train": pipeline.curate_and_train, "refresh": pipeline.refresh, **pipeline.STAGE_FLOWS}
+    root = root or Path.cwd()
+    return [flows[s.flow].to_deployment(name=s.name, parameters=parameters(s, root), cron=s.cron,
+                                        paused=s.paused or None, description=s.description, tags=[s.profile],
+                                        entrypoint_type=EntrypointType.MODULE_PATH)
+            for s in specs()]

@@ -1,0 +1,159 @@
+"""Prefect flows: one per stage, `curate-and-train` calling them in order, and `refresh`.
+
+Flows only orchestrate: each stage flow runs its stage as one coarse task through
+`flows.stages.run`, which skips a stage whose manifest key matches a complete output. So a
+new `curate-and-train` run after a failure recomputes only the failed stage and what
+follows. Paths and configs cross task boundaries, never data frames; no Prefect result
+caching is used (it would key on path strings, not on the content behind them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+# Stage modules log through the standard library; Prefect forwards these loggers to the run's
+# log in the UI. Set before Prefect is imported, which reads its settings once.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "curation,training,data_cards")
+
+from prefect import Flow, flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.deployments import run_deployment  # noqa: E402
+
+from curation import store  # noqa: E402
+from curation.config import Config  # noqa: E402
+from flows import stages  # noqa: E402
+from flows.stages import STAGE_HELP  # noqa: E402
+
+# Safe to retry: a teacher endpoint may fail transiently, and the request cache keeps what was done.
+RETRIES = {"generate": 2}
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def _run_name(run_dir: Path) -> str:
+    """`<dataset>-<version>` from runs/<dataset>/<version>."""
+    return f"{run_dir.parent.name}-{run_dir.name}"
+
+
+@task(name="stage", task_run_name="{stage}")
+def stage_task(stage: str, run_dir: str, config: Config, force: bool = False) -> dict[str, Any]:
+    """Run one stage; return its manifest key, counts and whether it was skipped."""
+    outcome = stages.run(stage, Path(run_dir), config, force=force)
+    manifest = outcome.manifest
+    logger = get_run_logger()
+    if outcome.skipped:
+        logger.info("%s: skipped, complete output with key %s in %s", stage, manifest.key[:12],
+                    Path(run_dir) / stage)
+    else:
+        logger.info("%s: done in %.1f s, counts %s", stage, manifest.seconds, manifest.counts)
+    return {"stage": stage, "key": manifest.key, "counts": manifest.counts, "skipped": outcome.skipped,
+            "seconds": manifest.seconds}
+
+
+def _publish(stage: str, run_dir: Path) -> None:
+    """Markdown artifacts: each data card after `cards`, the eval table after `eval`."""
+    name = _run_name(run_dir)
+    if stage == "cards":
+        for which in ("sft", "grpo"):
+            card = run_dir / "cards" / which / "README.md"
+            create_markdown_artifact(card.read_text(), key=artifact_key(name, which, "card"),
+                                     description=f"{which.upper()} data card of {name}")
+    elif stage == "eval":
+        from training import evaluate
+
+        table = evaluate.table(json.loads((run_dir / "eval" / "eval.json").read_text()))
+        create_markdown_artifact(table, key=artifact_key(name, "eval"), description=f"held-out accuracy of {name}")
+
+
+def _stage_flow(stage: str) -> Flow:
+    """The Prefect flow of one stage, named after it (deployments are `<stage>/<name>`)."""
+
+    def run_one(run_dir: str, config: Config, force: bool = False) -> dict[str, Any]:
+        result = stage_task.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=10)(
+            stage, run_dir, config, force)
+        _publish(stage, Path(run_dir))
+        return result
+
+    # Served deployments load flows by module path, so each must be a module attribute by this name.
+    run_one.__name__ = run_one.__qualname__ = f"{stage}_flow"
+    run_one.__doc__ = STAGE_HELP[stage]
+    return flow(run_one, name=stage, description=STAGE_HELP[stage], validate_parameters=True)
+
+
+pull_flow = _stage_flow("pull")
+dedup_flow = _stage_flow("dedup")
+generate_flow = _stage_flow("generate")
+filter_flow = _stage_flow("filter")
+build_flow = _stage_flow("build")
+cards_flow = _stage_flow("cards")
+sft_flow = _stage_flow("sft")
+grpo_flow = _stage_flow("grpo")
+eval_flow = _stage_flow("eval")
+STAGE_FLOWS: dict[str, Flow] = {stage: globals()[f"{stage}_flow"] for stage in stages.STAGES}
+
+
+def _hand_off(stage: str, run_dir: str, config: Config) -> dict[str, Any]:
+    """Run a training stage through its deployment (a TPU work pool in production) and wait for it."""
+    name = f"{stage}/{config.orchestration.training_deployment}"
+    run = run_deployment(name, parameters={"run_dir": run_dir, "config": config.model_dump(mode="json")},
+                         timeout=None)
+    if run.state is None or not run.state.is_completed():
+        raise RuntimeError(f"{name}: flow run {run.name} ended {run.state.name if run.state else 'without a state'}")
+    return {"stage": stage, "deployment": name, "flow_run": str(run.id)}
+
+
+@flow(name="curate-and-train", description="every stage in order: curation, data cards, SFT, GRPO, evaluation",
+      validate_parameters=True)
+def curate_and_train(run_dir: str, config: Config, force: bool = False) -> list[dict[str, Any]]:
+    """Run every stage in order; complete stages are skipped, so a re-run resumes at the first failure."""
+    results = []
+    for stage in stages.STAGES:
+        if stage in stages.TRAINING and config.orchestration.training_deployment:
+            results.append(_hand_off(stage, run_dir, config))
+        else:
+            results.append(STAGE_FLOWS[stage](run_dir=run_dir, config=config, force=force))
+    # The cards show the eval table, which exists only now: render them once more (cheap).
+    results.append(cards_flow(run_dir=run_dir, config=config))
+    return results
+
+
+def next_version(dataset_dir: Path) -> str:
+    """The version after the highest `v<N>` folder of a dataset (v1 for a new one)."""
+    numbers = [int(m.group(1)) for p in dataset_dir.glob("v*") if (m := re.fullmatch(r"v(\d+)", p.name))]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+@flow(name="refresh", description="pull sources anew, dedup against every earlier version, curate only new rows",
+      validate_parameters=True)
+def refresh(dataset_dir: str, config: Config) -> dict[str, Any]:
+    """Write a new dataset version from fresh pulls, kept only when new rows survive dedup."""
+    logger = get_run_logger()
+    dataset = Path(dataset_dir)
+    attempts_file = dataset / "refresh.json"
+    attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
+    version = next_version(dataset)
+    # A new seed per attempt gives procedural sources new problems; Hub sources re-read their revision.
+    seed = config.seed + len(attempts) + 1
+    fresh = config.model_copy(update={"seed": seed})
+    run_dir = dataset / version
+    stage_task("pull", str(run_dir), fresh)
+    dedup = stage_task("dedup", str(run_dir), fresh)
+    new_rows = dedup["counts"]["kept"]
+    attempt = {"version": version, "seed": seed, "new_rows": new_rows, "kept": new_rows > 0}
+    store.write_json([*attempts, attempt], attempts_file)
+    if new_rows == 0:
+        shutil.rmtree(run_dir)
+        logger.info("refresh: no new rows survived dedup against earlier versions; no %s written", version)
+        return attempt
+    for stage in ("generate", "filter", "build", "cards"):
+        STAGE_FLOWS[stage](run_dir=str(run_dir), config=fresh)
+    logger.info("refresh: %s written with %d new problems", run_dir, new_rows)
+    return attempt

@@ -1,0 +1,117 @@
+"""Every stage behind one call, `run(stage, run_dir, config)`: what the CLI and the Prefect flows share.
+
+Stage logic lives in curation/, training/ and data_cards/; this module only maps a stage
+name to its entry point and tells whether the call recomputed or found a complete output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation import store
+from curation.config import Config
+
+STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
+CURATION = STAGES[:6]
+TRAINING = STAGES[6:]
+CONFIG_FILE = "config.yaml"
+STAGE_HELP = {
+    "pull": "load the configured sources into the problem table",
+    "generate": "have the teacher write reasoning traces for every problem",
+    "filter": "keep traces with the right format and the verified answer",
+    "dedup": "remove exact and near-duplicates and benchmark contamination",
+    "build": "build the SFT set and the GRPO prompt set",
+    "cards": "render the data cards of the built sets",
+    "sft": "LoRA supervised warmup of the student",
+    "grpo": "GRPO reinforcement learning of the student",
+    "eval": "held-out accuracy before SFT, after SFT and after GRPO",
+}
+
+
+def _pull(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from curation import pull
+
+    return pull.run(run_dir, config.pull(), force=force)
+
+
+def _dedup(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from curation import dedup
+
+    return dedup.run(run_dir, config.dedup, force=force)
+
+
+def _generate(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from curation import generate
+
+    return generate.run(run_dir, config.teacher, seed=config.seed, force=force)
+
+
+def _filter(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from curation import filters
+
+    return filters.run(run_dir, config.filter, force=force)
+
+
+def _build(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from curation import build
+
+    return build.run(run_dir, config.build, student=config.student.model, seed=config.seed, force=force)
+
+
+def _cards(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from data_cards import cards
+
+    return cards.run(run_dir, seed=config.seed, force=force)
+
+
+def _sft(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from training import sft
+
+    return sft.run(run_dir, config, force=force)
+
+
+def _grpo(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from training import grpo
+
+    return grpo.run(run_dir, config, force=force)
+
+
+def _eval(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+    from training import evaluate
+
+    return evaluate.run(run_dir, config, force=force)
+
+
+RUNNERS: dict[str, Callable[[Path, Config, bool], store.Manifest]] = {
+    "pull": _pull, "dedup": _dedup, "generate": _generate, "filter": _filter, "build": _build, "cards": _cards,
+    "sft": _sft, "grpo": _grpo, "eval": _eval}
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    """Record the resolved config as run_dir/config.yaml: it reproduces the run and feeds the cards."""
+    import yaml
+
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file() or path.read_text() != text:
+        store.atomic_write_bytes(path, text.encode())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What one stage call did: its manifest, and whether a complete output was reused."""
+
+    stage: str
+    manifest: store.Manifest
+    skipped: bool
+
+
+def run(stage: str, run_dir: Path, config: Config, *, force: bool = False) -> Outcome:
+    """Run one stage on `run_dir`; skipped when its manifest key matches a complete output."""
+    write_config(run_dir, config)
+    before = store.Manifest.read(run_dir / stage / store.MANIFEST)
+    manifest = RUNNERS[stage](run_dir, config, force)
+    # A stage that recomputes writes a new manifest; the same one back means nothing ran.
+    return Outcome(stage=stage, manifest=manifest, skipped=before == manifest)

@@ -1,0 +1,137 @@
+"""The Prefect flows against a real Prefect API (prefect_test_harness): order, skips, resume after a fault."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from curation import store
+from curation.config import load_config
+from curation.sources import procedural
+from flows import stages
+from tests.conftest import write_jsonl
+from tests.support.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """One throwaway Prefect server (SQLite) for the module: 8-10 s to start."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _solver(config):
+    """A fake teacher answer: the right sum for a pulled problem, in the trace format."""
+    source = config.sources[0]
+    problems, _ = procedural.load(source.task, source.n, config.seed, **source.options)
+    golds = dict(zip(problems["problem"].to_list(), problems["answer"].to_list(), strict=True))
+
+    def answer(prompt: str) -> str:
+        # The problem asked is the last one in the prompt (few-shot examples come first).
+        asked = max(golds, key=lambda p: prompt.rfind(json.dumps(p)[1:-1]))
+        return f"<reasoning>Add the two numbers: the sum is {golds[asked]}.</reasoning><answer>{golds[asked]}</answer>"
+
+    return answer
+
+
+def test_curate_and_train_resumes_at_the_failed_stage(prefect_api, tmp_path, monkeypatch):
+    """A generate fault fails the flow; the re-run skips pull and dedup and recomputes from generate on."""
+    from flows import pipeline
+
+    config = load_config("tiny")
+    with FakeOpenAI(answer=_solver(config)) as teacher:
+        config = load_config("tiny", sets=["teacher.backend=openai", f"teacher.base_url={teacher.base_url}",
+                                           "teacher.model=fake", "teacher.style=chat", "teacher.api_key_env=NONE",
+                                           "build.drop_zero_advantage=false", "filter.min_tokens=1"])
+        run_dir = tmp_path / "runs" / "tiny" / "v1"
+        generate = stages.RUNNERS["generate"]
+        calls = []
+
+        def failing_once(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise ConnectionError("injected fault: the teacher endpoint went away")
+            return generate(*args)
+
+        monkeypatch.setitem(stages.RUNNERS, "generate", failing_once)
+        monkeypatch.setattr(pipeline, "RETRIES", {})  # the fault must reach the flow, not a task retry
+        with pytest.raises(ConnectionError, match="injected fault"):
+            pipeline.curate_and_train(run_dir=str(run_dir), config=config)
+        assert store.complete_manifest(run_dir / "dedup") is not None
+        assert store.complete_manifest(run_dir / "generate") is None
+        pull_manifest = store.Manifest.read(run_dir / "pull" / "manifest.json")
+
+        results = pipeline.curate_and_train(run_dir=str(run_dir), config=config)
+
+    skipped = {r["stage"]: r["skipped"] for r in results[: len(stages.STAGES)]}
+    assert skipped == {"pull": True, "dedup": True, **{s: False for s in stages.STAGES[2:]}}
+    assert store.Manifest.read(run_dir / "pull" / "manifest.json") == pull_manifest
+    assert len(calls) == 2
+    for stage in stages.STAGES:
+        assert store.complete_manifest(run_dir / stage) is not None, stage
+    assert json.loads((run_dir / "filter" / "stats.json").read_text())["kept"] > 0  # SFT had traces to learn
+    evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert {"base", "sft", "grpo"} <= evaluation.keys()
+    assert "| base |" in (run_dir / "cards" / "grpo" / "README.md").read_text()  # cards re-rendered with eval
+
+    # A third run recomputes nothing.
+    again = pipeline.curate_and_train(run_dir=str(run_dir), config=config)
+    assert all(r["skipped"] for r in again)
+
+
+def test_stage_flow_publishes_card_artifacts(prefect_api, tmp_path):
+    """The cards flow publishes each card as a markdown artifact under a lowercase-dash key."""
+    from prefect.client.orchestration import get_client
+
+    from flows import pipeline
+
+    config = load_config("tiny", sets=["teacher.n=1"])
+    run_dir = tmp_path / "runs" / "Tiny_Set" / "v1"
+    for stage in stages.CURATION:
+        pipeline.STAGE_FLOWS[stage](run_dir=str(run_dir), config=config)
+
+    async def keys() -> set[str]:
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts() if a.key}
+
+    import asyncio
+
+    found = asyncio.run(keys())
+    assert {"tiny-set-v1-sft-card", "tiny-set-v1-grpo-card"} <= found
+    assert all(re.fullmatch(r"[a-z0-9-]+", key) for key in found)
+
+
+def test_refresh_writes_a_version_only_with_new_rows(prefect_api, tmp_path):
+    """Refresh adds v2 with only unseen problems; when nothing new survives dedup, no version is written."""
+    from flows import pipeline
+
+    dataset = tmp_path / "runs" / "tiny"
+    config = load_config("tiny", sets=["teacher.n=1"])
+    first = pipeline.refresh(dataset_dir=str(dataset), config=config)
+    second = pipeline.refresh(dataset_dir=str(dataset), config=config)
+    assert (first["version"], second["version"]) == ("v1", "v2")
+    assert first["new_rows"] > 0 and second["new_rows"] > 0  # a new seed, new problems
+    v1 = set(store.read_data(dataset / "v1", "dedup")["problem"].to_list())
+    v2 = set(store.read_data(dataset / "v2", "dedup")["problem"].to_list())
+    assert v1 and v2 and not v1 & v2  # nothing re-added
+    assert (dataset / "v2" / "cards" / "sft" / "README.md").is_file()
+
+    # A Hub file that has not changed: the second refresh finds nothing new and writes no version.
+    hub = write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": f"Tom has {i} apples and buys {i + 3} more. "
+                                                               f"How many apples does he have?",
+                                                  "answer": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"}
+                                                 for i in range(1, 5)])
+    fixed = load_config("tiny", sets=["teacher.n=1", "sources=[{kind: hub, id: openai/gsm8k, split: test, "
+                                                     f"data_files: '{hub}'}}]"])
+    gsm = tmp_path / "runs" / "gsm"
+    assert pipeline.refresh(dataset_dir=str(gsm), config=fixed)["kept"]
+    nothing_new = pipeline.refresh(dataset_dir=str(gsm), config=fixed)
+    assert nothing_new == {"version": "v2", "seed": fixed.seed + 2, "new_rows": 0, "kept": False}
+    assert sorted(p.name for p in gsm.glob("v*")) == ["v1"]
+    assert [a["kept"] for a in json.loads((gsm / "refresh.json").read_text())] == [True, False]
