@@ -196,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for chatty in ("httpx", "httpx2", "openai"):  # one line per HTTP request drowns the progress bar
+    # One line per HTTP request, orbax's internals and JAX's backend probing drown the progress bars.
+    for chatty in ("httpx", "httpx2", "openai", "absl", "jax._src.xla_bridge"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     handler = COMMANDS[args.command]
     from curation.config import ConfigError

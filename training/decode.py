@@ -186,15 +186,20 @@ def _cut_ids(row: np.ndarray, stop_ids: tuple[int, ...]) -> np.ndarray:
     return row[: ends[0]] if len(ends) else row
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text up to and including its first stop string (kept, as OpenAI servers drop it)."""
+    cuts = [text.index(s) + len(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
 def _finish(tokenizer, row: np.ndarray, prompt_tokens: int, max_new_tokens: int, stop: tuple[str, ...],
             stop_ids: tuple[int, ...]) -> Generated:
     """Decode a row, cut at the first end token or stop string (which is kept, as OpenAI servers drop it)."""
     ids = _cut_ids(row[:max_new_tokens], stop_ids)
     ended = len(ids) < min(len(row), max_new_tokens)
-    text = tokenizer.decode(ids.tolist())
-    for s in stop:
-        if s in text:
-            text, ended = text[: text.index(s) + len(s)], True
+    full = tokenizer.decode(ids.tolist())
+    text = cut_at_stop(full, stop)
+    ended = ended or any(s in full for s in stop)
     count = len(tokenizer.encode(text)) if ended else len(ids)
     return Generated(text=text, finish_reason="stop" if ended else "length", prompt_tokens=prompt_tokens,
                      completion_tokens=count)

@@ -22,6 +22,7 @@ import polars as pl
 from curation import store
 from curation.config import Config
 from training import evaluate, export, lora, mesh, models, sft
+from training.decode import cut_at_stop
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class _StepRecorder:
             return [0.0] * len(completions)
 
         def summed(prompts, completions, **kwargs):
+            # Tunix's rollout stops on token ids only; the teacher and eval decoders also stop at
+            # the string `</answer>`, so the rewards judge the completion as they would have ended it.
+            completions = [cut_at_stop(c, (evaluate.ANSWER_END,)) for c in completions]
             totals = np.zeros(len(completions))
             for fn in fns:
                 values = fn(prompts, completions, **kwargs)

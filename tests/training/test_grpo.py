@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -15,16 +14,10 @@ from tests.training import runs
 from training import grpo, lora, models, sft
 
 
-def _stand_in_rewards() -> types.ModuleType:
-    """training.rewards' contract (list of fn(prompts, completions, **kwargs)), until the real one lands."""
-    module = types.ModuleType("training.rewards")
-
-    def length_reward(prompts, completions, **kwargs):
-        assert len(kwargs["gold"]) == len(kwargs["source"]) == len(completions)
-        return [float(len(c) % 3) for c in completions]  # varies, so advantages are non-zero
-
-    module.reward_fns = lambda: [length_reward]
-    return module
+def length_reward(prompts, completions, **kwargs):
+    """A reward that varies on a random model's output, so advantages are non-zero (the real ones give 0)."""
+    assert len(kwargs["gold"]) == len(kwargs["source"]) == len(completions)
+    return [float(len(c) % 3) for c in completions]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def grpo_run(tmp_path_factory):
     config = runs.config("sft.steps=2", "grpo.steps=2", "grpo.max_new_tokens=16", "grpo.learning_rate=1e-2",
                          "grpo.checkpoint_every=1")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "training.rewards", _stand_in_rewards())
+        patch.setattr(grpo, "reward_fns", lambda: [length_reward])
         sft.run(run, config)
         manifest = grpo.run(run, config)
     return run, config, manifest
@@ -84,7 +77,7 @@ def test_empty_grpo_set_keeps_the_sft_adapter(tmp_path, caplog):
     config = runs.config("sft.steps=1", "grpo.steps=3")
     sft.run(run, config)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "training.rewards", _stand_in_rewards())
+        patch.setattr(grpo, "reward_fns", lambda: [length_reward])
         manifest = grpo.run(run, config)
     assert manifest.counts == {"rows_in": 0, "kept": 0, "rejected": 0} and "no training prompts" in caplog.text
     assert json.loads((run / "grpo" / "stats.json").read_text())["steps"] == 0
@@ -92,3 +85,14 @@ def test_empty_grpo_set_keeps_the_sft_adapter(tmp_path, caplog):
     warmed, _ = lora.read(run / "sft" / lora.ADAPTER)
     assert kept.keys() == warmed.keys() and all(np.array_equal(kept[k], warmed[k]) for k in kept)
     assert store.complete_manifest(run / "grpo") is not None
+
+
+def test_rewards_judge_a_rollout_as_if_it_had_stopped_at_the_answer():
+    """Tunix's rollout stops on token ids only; text after `</answer>` must not cost the format reward."""
+    from training import rewards
+
+    summed, _ = grpo._StepRecorder(sft.MetricsLog(Path("unused"), []), models.load("tiny-gemma3").tokenizer).wrap(
+        rewards.reward_fns())
+    clean = "<reasoning>2 + 3 = 5</reasoning><answer>5</answer>"
+    kwargs = {"gold": ["5", "5"], "source": ["openai/gsm8k", "openai/gsm8k"]}
+    assert summed(["p", "p"], [clean, clean + "eleSp\n</reasoning>eleSp"], **kwargs) == [2.0, 2.0]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -100,3 +105,30 @@ def test_one_cpu_device_means_no_mesh_and_a_wrong_shape_is_named():
     assert mesh.create(MeshConfig()) is None
     with pytest.raises(ValueError, match="fsdp=2 x tp=1"):
         mesh.create(MeshConfig(fsdp=2))
+
+
+def test_sigkilled_run_resumes_from_its_last_complete_checkpoint(tmp_path):
+    """A real SIGKILL mid-training: the re-run starts at the newest complete checkpoint, steps stay gapless."""
+    run = runs.make_run(tmp_path)
+    sets = ["sft.steps=100", "sft.checkpoint_every=5", "sft.eval_every=50"]
+    script = (f"from pathlib import Path\nfrom training import sft\nfrom tests.training import runs\n"
+              f"sft.run(Path({str(run)!r}), runs.config(*{sets!r}))\n")
+    checkpoints = run / "sft" / sft.CHECKPOINTS
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 240
+        while not any(p.name.isdigit() and int(p.name) >= 10 for p in checkpoints.glob("*")):
+            assert child.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint at step 10 within 240 s"
+            time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert store.complete_manifest(run / "sft") is None
+    steps_on_disk = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
+
+    sft.run(run, runs.config(*sets))
+    stats = json.loads((run / "sft" / "stats.json").read_text())
+    assert stats["resumed_from"] in steps_on_disk and stats["resumed_from"] >= 10 and stats["steps"] == 100
+    metrics = pl.read_parquet(run / "sft" / "metrics.parquet")
+    assert metrics.filter(pl.col("loss").is_not_null())["step"].to_list() == list(range(1, 101))
