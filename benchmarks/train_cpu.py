@@ -9,8 +9,8 @@ train on one fixed batch of `--batch` rows of exactly `--length` tokens (BOS + p
 completion, tokenized by `sft.encode`), so every step costs the same.
 
 GRPO. "ours" is `training/grpo.py`'s learner with the rewards of `training/rewards.py`;
-"bare" is Tunix's GRPOLearner on an RLCluster with one trivial reward. Skipped, with a line
-saying why, while `training/grpo.py` is absent or lacks what is measured here.
+"bare" is Tunix's GRPOLearner on an RLCluster with one trivial reward and the same rollout
+settings (stop ids included).
 
 How it is timed: the loop's own requests for the next batch are timestamped (one clock
 for both loops); a round runs `--warmup + --steps` steps and times the last `--steps`, so
@@ -26,7 +26,6 @@ every non-pad token (prompt + completion). Last lines: `sft_ratio_ours_to_bare=X
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -125,16 +124,6 @@ def interleaved(runs: dict, rounds: int) -> dict[str, tuple[float, float]]:
             for name, values in measured.items()}
 
 
-def grpo_missing() -> str | None:
-    """None when training/grpo.py offers what the GRPO comparison calls, else why not."""
-    if importlib.util.find_spec("training.grpo") is None:
-        return "training/grpo.py not found"
-    from training import grpo
-
-    lacking = [name for name in ("train", "batches", "prompt_lengths") if not hasattr(grpo, name)]
-    return f"training/grpo.py has no {', '.join(lacking)}" if lacking else None
-
-
 def grpo_prompts(loaded, batch: int) -> pl.DataFrame:
     """`batch` GRPO prompts (GSM8K-style rows, so the rewards need no generator meta) with their token counts."""
     from training import grpo
@@ -173,7 +162,7 @@ def grpo_bare(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tu
     from tunix.rl.grpo import grpo_learner
     from tunix.rl.rollout import base_rollout
 
-    from training import mesh
+    from training import evaluate, mesh
 
     g = config.grpo
     counted: list[int] = []
@@ -194,7 +183,9 @@ def grpo_bare(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tu
                                                  eval_every_n_steps=g.steps, max_steps=g.steps),
             rollout_config=base_rollout.RolloutConfig(max_tokens_to_generate=g.max_new_tokens,
                                                       max_prompt_length=g.max_prompt_length,
-                                                      temperature=g.temperature, kv_cache_size=cache, seed=None)))
+                                                      temperature=g.temperature, kv_cache_size=cache, seed=None,
+                                                      eos_tokens=list(evaluate.stop_ids(loaded.tokenizer,
+                                                                                        config.student.model)))))
     learner = grpo_learner.GRPOLearner(
         rl_cluster=cluster, algo_config=grpo_learner.GRPOConfig(num_generations=g.num_generations, beta=g.beta,
                                                                 epsilon=g.epsilon), reward_fns=[zero])
@@ -237,9 +228,8 @@ def main() -> None:
     table = interleaved({"sft ours": lambda: (sft_ours(loaded, rows, config, args.warmup), sft_tokens),
                          "sft bare": lambda: (sft_bare(loaded, rows, config, args.warmup), sft_tokens)}, args.rounds)
 
-    missing = "--skip-grpo" if args.skip_grpo else grpo_missing()
-    if missing:
-        print(f"GRPO: skipped ({missing})")
+    if args.skip_grpo:
+        print("GRPO: skipped (--skip-grpo)")
     else:
         g = config.grpo
         prompts = grpo_prompts(loaded, g.batch_size)
