@@ -96,3 +96,28 @@ def test_rewards_judge_a_rollout_as_if_it_had_stopped_at_the_answer():
     clean = "<reasoning>2 + 3 = 5</reasoning><answer>5</answer>"
     kwargs = {"gold": ["5", "5"], "source": ["openai/gsm8k", "openai/gsm8k"]}
     assert summed(["p", "p"], [clean, clean + "eleSp\n</reasoning>eleSp"], **kwargs) == [2.0, 2.0]
+
+
+def test_killed_grpo_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """GRPO killed after its step-2 update resumes from a checkpoint; every step is recorded once."""
+    run = runs.make_run(tmp_path, n_train=4, n_val=1)
+    config = runs.config("sft.steps=1", "grpo.steps=4", "grpo.max_new_tokens=8", "grpo.checkpoint_every=1")
+    monkeypatch.setattr(grpo, "reward_fns", lambda: [length_reward])
+    sft.run(run, config)
+    original = grpo._StepRecorder.step_done
+
+    def die_after_step_2(self, step):
+        original(self, step)
+        if step == 2:
+            raise KeyboardInterrupt("killed after step 2")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(grpo._StepRecorder, "step_done", die_after_step_2)
+        with pytest.raises(KeyboardInterrupt):
+            grpo.run(run, config)
+    assert store.complete_manifest(run / "grpo") is None
+
+    grpo.run(run, config)
+    stats = json.loads((run / "grpo" / "stats.json").read_text())
+    assert stats["resumed_from"] in (1, 2) and stats["steps"] == 4
+    assert pl.read_parquet(run / "grpo" / "metrics.parquet")["step"].to_list() == [1, 2, 3, 4]
