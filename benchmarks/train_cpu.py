@@ -167,7 +167,7 @@ def grpo_bare(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tu
     g = config.grpo
     counted: list[int] = []
 
-    def zero(prompts, completions, **kwargs):  # counts tokens as our recorder does, so both pay for it
+    def zero(prompts, completions, **kwargs):  # counts tokens as our reward does, so both pay for it
         counted.append(sum(len(loaded.tokenizer.encode(c)) for c in completions))
         return [0.0] * len(completions)
 

@@ -78,12 +78,9 @@ def commands(facts: dict[str, Any]) -> list[str]:
 
 def evaluation(run_dir: Path) -> str | None:
     """The eval stage's markdown table when the run has an eval/eval.json, else None."""
-    path = run_dir / "eval" / "eval.json"
-    if not path.is_file():
-        return None
-    from training.evaluate import table  # only runs that were trained and evaluated need it
+    from training import evaluate  # only runs that were trained and evaluated need it
 
-    return table(json.loads(path.read_text()))
+    return evaluate.markdown(run_dir)
 
 
 def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -> dict[str, Any]:

@@ -70,16 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stats(run: Path, stage: str) -> dict:
-    """A finished stage's stats.json."""
-    return json.loads((run / stage / "stats.json").read_text())
-
-
-def _reasons(stats: dict) -> str:
-    """Reject reasons as "n reason, ..." for a one-line summary."""
-    return ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
-
-
 def _config(args: argparse.Namespace):
     """The resolved config of a command from its profile, config file and --set overrides."""
     from curation.config import load_config
@@ -87,39 +77,9 @@ def _config(args: argparse.Namespace):
     return load_config(args.profile, args.config, args.sets)
 
 
-def _summary(stage: str, run: Path, manifest) -> str:
-    """One line saying what a stage produced."""
-    counts = manifest.counts
-    if stage == "pull":
-        return (f"pull: {counts['kept']} problems kept, {counts['rejected']} rejected of {counts['rows_in']} "
-                f"-> {run / stage / 'data.parquet'}")
-    if stage in ("cards", "sft", "grpo", "eval"):
-        from flows import report
-
-        return report.stage_line(stage, run)
-    stats = _stats(run, stage)
-    if stage == "dedup":
-        lines = [f"dedup: {counts['kept']} problems kept of {counts['rows_in']}; rejected: {_reasons(stats)}; "
-                 f"LSH {stats['bands']} bands x {stats['rows_per_band']} rows -> {run / stage / 'data.parquet'}"]
-        lines += [f"  contamination vs {name} ({count} items): {stats['contaminated_by'].get(name, 0)} "
-                  f"training problems" for name, count in stats["eval_items"].items()]
-        return "\n".join(lines)
-    if stage == "generate":
-        return (f"generate: {counts['kept']} samples of {counts['rows_in']} ({stats['from_cache']} from the request "
-                f"cache, {stats['requests_sent']} requests sent), {counts['rejected']} teacher errors "
-                f"-> {run / stage / 'data.parquet'}")
-    if stage == "filter":
-        return (f"filter: {counts['kept']} traces kept of {counts['rows_in']} for {stats['problems_with_a_trace']}/"
-                f"{stats['problems']} problems; mean pass rate {stats['mean_pass_rate']:.2f}; rejected: "
-                f"{_reasons(stats)} -> {run / stage / 'data.parquet'}")
-    return (f"build: SFT {stats['sft_rows']['train']} train / {stats['sft_rows']['validation']} validation traces; "
-            f"GRPO {stats['grpo_rows']['train']} train / {stats['grpo_rows']['validation']} validation problems "
-            f"of {counts['rows_in']} (left out: {_reasons(stats)}) -> {run / stage}")
-
-
 def _stage(args: argparse.Namespace) -> int:
     """`distillery <stage>`: run one stage on a run folder."""
-    from flows import stages
+    from flows import report, stages
 
     if args.command == "pull" and args.hub_id:  # as a --set, so that config.yaml records the source
         source = {"kind": "hub", "id": args.hub_id, "split": args.split, "data_files": args.data_files}
@@ -130,7 +90,7 @@ def _stage(args: argparse.Namespace) -> int:
     if outcome.skipped:
         print(f"{args.command}: skipped, complete output with key {outcome.manifest.key[:12]} already in "
               f"{args.run / args.command}")
-    print(_summary(args.command, args.run, outcome.manifest))
+    print(report.stage_line(args.command, args.run))
     return 0
 
 

@@ -69,8 +69,8 @@ def _publish(stage: str, run_dir: Path) -> None:
     elif stage == "eval":
         from training import evaluate
 
-        table = evaluate.table(json.loads((run_dir / "eval" / "eval.json").read_text()))
-        create_markdown_artifact(table, key=artifact_key(name, "eval"), description=f"held-out accuracy of {name}")
+        create_markdown_artifact(evaluate.markdown(run_dir), key=artifact_key(name, "eval"),
+                                 description=f"held-out accuracy of {name}")
 
 
 def _stage_flow(stage: str) -> Flow:
@@ -144,8 +144,8 @@ def refresh(dataset_dir: str, config: Config) -> dict[str, Any]:
     seed = config.seed + len(attempts) + 1
     fresh = config.model_copy(update={"seed": seed})
     run_dir = dataset / version
-    stage_task("pull", str(run_dir), fresh)
-    dedup = stage_task("dedup", str(run_dir), fresh)
+    pull_flow(run_dir=str(run_dir), config=fresh)
+    dedup = dedup_flow(run_dir=str(run_dir), config=fresh)
     new_rows = dedup["counts"]["kept"]
     attempt = {"version": version, "seed": seed, "new_rows": new_rows, "kept": new_rows > 0}
     store.write_json([*attempts, attempt], attempts_file)

@@ -7,21 +7,25 @@ from pathlib import Path
 
 
 def _stats(run_dir: Path, stage: str) -> dict:
+    """A finished stage's stats.json."""
     return json.loads((run_dir / stage / "stats.json").read_text())
+
+
+def _reasons(stats: dict) -> str:
+    """Reject reasons as "n reason, ..." for a one-line summary."""
+    return ", ".join(f"{n} {r}" for r, n in stats["reasons"].items()) or "none"
 
 
 def eval_table(run_dir: Path) -> str:
     """The held-out accuracy table of a run, or a line saying it has none yet."""
     from training import evaluate
 
-    path = run_dir / "eval" / "eval.json"
-    if not path.is_file():
-        return f"no evaluation yet ({path} is missing)"
-    return evaluate.table(json.loads(path.read_text()))
+    missing = run_dir / evaluate.STAGE / evaluate.EVAL_JSON
+    return evaluate.markdown(run_dir) or f"no evaluation yet ({missing} is missing)"
 
 
 def stage_line(stage: str, run_dir: Path) -> str:
-    """A short summary of a finished cards, sft, grpo or eval stage."""
+    """What a finished stage produced, in a line or a few, from its stats.json."""
     if stage == "cards":
         from data_cards import cards
 
@@ -29,9 +33,28 @@ def stage_line(stage: str, run_dir: Path) -> str:
     if stage == "eval":
         return eval_table(run_dir)
     stats = _stats(run_dir, stage)
+    data = run_dir / stage / "data.parquet"
+    if stage == "pull":
+        return f"pull: {stats['kept']} problems kept, {stats['rejected']} rejected of {stats['rows_in']} -> {data}"
+    if stage == "dedup":
+        lines = [f"dedup: {stats['kept']} problems kept of {stats['rows_in']}; rejected: {_reasons(stats)}; "
+                 f"LSH {stats['bands']} bands x {stats['rows_per_band']} rows -> {data}"]
+        lines += [f"  contamination vs {name} ({count} items): {stats['contaminated_by'].get(name, 0)} "
+                  f"training problems" for name, count in stats["eval_items"].items()]
+        return "\n".join(lines)
+    if stage == "generate":
+        return (f"generate: {stats['kept']} samples of {stats['rows_in']} ({stats['from_cache']} from the request "
+                f"cache, {stats['requests_sent']} requests sent), {stats['rejected']} teacher errors -> {data}")
+    if stage == "filter":
+        return (f"filter: {stats['kept']} traces kept of {stats['rows_in']} for {stats['problems_with_a_trace']}/"
+                f"{stats['problems']} problems; mean pass rate {stats['mean_pass_rate']:.2f}; rejected: "
+                f"{_reasons(stats)} -> {data}")
+    if stage == "build":
+        return (f"build: SFT {stats['sft_rows']['train']} train / {stats['sft_rows']['validation']} validation "
+                f"traces; GRPO {stats['grpo_rows']['train']} train / {stats['grpo_rows']['validation']} validation "
+                f"problems of {stats['rows_in']} (left out: {_reasons(stats)}) -> {run_dir / stage}")
     return (f"{stage}: {stats['steps']} steps on {stats['kept']} of {stats['rows_in']} rows "
-            f"({stats['rejected']} rejected: {stats['reasons'] or 'none'}) in {stats['seconds']:.0f} s "
-            f"-> {run_dir / stage}")
+            f"({stats['rejected']} rejected: {_reasons(stats)}) in {stats['seconds']:.0f} s -> {run_dir / stage}")
 
 
 def final(run_dir: Path) -> str:

@@ -290,6 +290,12 @@ def read(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def markdown(run_dir: Path) -> str | None:
+    """A run's eval table (see `table`), or None when the eval stage has not written eval.json."""
+    found = read(run_dir)
+    return table(found) if found is not None else None
+
+
 def run(run_dir: Path, config: Config, *, force: bool = False, load: Loader | None = None) -> store.Manifest:
     """Run the eval stage on `run_dir`: base, SFT and GRPO students on the held-out set; write eval.json."""
     if load is None:

@@ -103,14 +103,10 @@ class _StepRecorder:
         self.tokens = 0
 
     def wrap(self, fns: list) -> list:
-        """The reward functions, plus one that records (and adds 0 to) every reward batch."""
-
-        def record(prompts, completions, **kwargs):
-            del prompts, kwargs
-            self.tokens += sum(len(self.tokenizer.encode(c)) for c in completions)
-            return [0.0] * len(completions)
+        """The reward functions as one Tunix reward that also records the batch's rewards and tokens."""
 
         def summed(prompts, completions, **kwargs):
+            self.tokens += sum(len(self.tokenizer.encode(c)) for c in completions)
             # Tunix's rollout stops on token ids only; the teacher and eval decoders also stop at
             # the string `</answer>`, so the rewards judge the completion as they would have ended it.
             completions = [cut_at_stop(c, (evaluate.ANSWER_END,)) for c in completions]
@@ -121,7 +117,7 @@ class _StepRecorder:
             self.rewards.extend(totals.tolist())
             return totals.tolist()
 
-        return [summed, record]
+        return [summed]
 
     def step_done(self, step: int) -> None:
         """Write the row for a finished update and start the next step's collection."""

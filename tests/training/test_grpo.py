@@ -91,7 +91,7 @@ def test_rewards_judge_a_rollout_as_if_it_had_stopped_at_the_answer():
     """Tunix's rollout stops on token ids only; text after `</answer>` must not cost the format reward."""
     from training import rewards
 
-    summed, _ = grpo._StepRecorder(sft.MetricsLog(Path("unused"), []), models.load("tiny-gemma3").tokenizer).wrap(
+    [summed] = grpo._StepRecorder(sft.MetricsLog(Path("unused"), []), models.load("tiny-gemma3").tokenizer).wrap(
         rewards.reward_fns())
     clean = "<reasoning>2 + 3 = 5</reasoning><answer>5</answer>"
     kwargs = {"gold": ["5", "5"], "source": ["openai/gsm8k", "openai/gsm8k"]}
