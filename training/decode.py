@@ -1,10 +1,11 @@
-"""A batched KV-cache decode loop over any Tunix Gemma-style model: the fast path for sampling.
+"""A batched KV-cache decode loop over a Tunix Gemma 3 model: the fast path for sampling.
 
 Why not Tunix's stock `Sampler` on CPU: it draws each token from the full 262,144-entry
-vocabulary for every row at every step, which at batch 32 costs more than the forward pass
-itself. Here a step samples among the 64 most likely tokens (temperature, then nucleus
-top-p within them), several steps run inside one jitted `fori_loop`, and stop strings are
-checked on the host between chunks.
+vocabulary for every row at every step, and its forward re-lays out weights and runs a slow
+attention every step (see `training.gemma_forward`). Here a step samples among the 64 most
+likely tokens (temperature, then nucleus top-p within them), several steps run inside one
+jitted `fori_loop` over `gemma_forward`, and stop strings are checked on the host between
+chunks.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def _sample(logits, key, temperature, top_p):
     import jax
     import jax.numpy as jnp
 
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     values, indices = top_k(logits)
+    greedy = indices[:, 0].astype(jnp.int32)  # top_k is sorted; a separate argmax would cost as much again
     values = values / jnp.maximum(temperature, 1e-6)
     probs = jax.nn.softmax(values, axis=-1)
     keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # the first token always stays
@@ -68,67 +69,46 @@ def _sample(logits, key, temperature, top_p):
     return jnp.where(temperature > 0, sampled, greedy)
 
 
-def _compile(graphdef, cache_size: int, chunk: int):
-    """The jitted prefill and chunked decode functions for one model graph and cache size."""
+def _compile(layers: tuple, cache_size: int, chunk: int):
+    """The jitted prefill and chunked decode functions for one layer layout and cache size."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
+
+    from training import gemma_forward as gemma
 
     @jax.jit
-    def prefill(state, tokens, mask, cache, key, temperature, top_p):
-        model = nnx.merge(graphdef, state)
-        positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-        length = tokens.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
-        attention = mask[:, None, :].astype(jnp.bool_) & causal[None]
-        attention = jnp.pad(attention, ((0, 0), (0, 0), (0, cache_size - length)))
-        # All but the last token only fill the cache: their (B, L, 262k) logits are never used,
-        # so XLA drops them (a few-shot prompt at batch 32 would need ~10 GB of them).
-        _, cache = model(tokens[:, :-1], positions[:, :-1], cache, attention[:, :-1])
-        logits, cache = model(tokens[:, -1:], positions[:, -1:], cache, attention[:, -1:])
-        first = _sample(logits[:, -1].astype(jnp.float32), key, temperature, top_p)
+    def prefill(weights, tokens, valid, key, temperature, top_p):
+        positions = jnp.maximum(jnp.cumsum(valid[:, : tokens.shape[1]], axis=-1) - 1, 0)
+        cache = gemma.init_cache(weights, layers, tokens.shape[0], cache_size)
+        hidden, cache = gemma.forward(weights, layers, tokens, positions, cache, valid, 0)
+        # Only the last position's logits are needed: (B, L, 262k) of them would be ~10 GB at batch 32.
+        first = _sample(gemma.logits(weights, hidden[:, -1]).astype(jnp.float32), key, temperature, top_p)
         return first, positions[:, -1], cache
 
-    @jax.jit
-    def decode(state, token, position, valid, start, cache, key, temperature, top_p, eos, done):
-        model = nnx.merge(graphdef, state)
-
+    def decode(weights, token, position, valid, start, cache, key, temperature, top_p, eos, done):
         def body(i, carry):
-            token, position, valid, cache, key, done, out = carry
-            slot = start + i
-            valid = valid.at[:, slot].set(True)
+            token, position, cache, key, done, out = carry
             position = position + 1
-            logits, cache = model(token[:, None], position[:, None], cache, valid[:, None, :])
+            hidden, cache = gemma.forward(weights, layers, token[:, None], position[:, None], cache, valid, start + i)
             key, sub = jax.random.split(key)
-            token = _sample(logits[:, 0].astype(jnp.float32), sub, temperature, top_p)
+            token = _sample(gemma.logits(weights, hidden[:, 0]).astype(jnp.float32), sub, temperature, top_p)
             done = done | jnp.isin(token, eos)
-            out = out.at[:, i].set(token)
-            return token, position, valid, cache, key, done, out
+            return token, position, cache, key, done, out.at[:, i].set(token)
 
         out = jnp.zeros((token.shape[0], chunk), dtype=jnp.int32)
-        return jax.lax.fori_loop(0, chunk, body, (token, position, valid, cache, key, done, out))
+        return jax.lax.fori_loop(0, chunk, body, (token, position, cache, key, done, out))
 
-    return prefill, decode
-
-
-def _init_cache(config, batch: int, size: int):
-    """An empty KV cache in the layout Tunix's Gemma attention reads."""
-    import jax.numpy as jnp
-
-    shape = (batch, size, config.num_kv_heads, config.head_dim)
-    return {f"layer_{i}": {"k": jnp.zeros(shape, jnp.float32), "v": jnp.zeros(shape, jnp.float32),
-                           "end_index": jnp.zeros((batch,), jnp.int32)} for i in range(config.num_layers)}
+    return prefill, jax.jit(decode, donate_argnums=(5,))  # the cache is updated in place
 
 
 class Decoder:
-    """Samples continuations from one model; compiled functions are reused per cache size."""
+    """Samples continuations from one Gemma 3 model; compiled functions are reused per cache size."""
 
-    def __init__(self, model, tokenizer, config):
-        from flax import nnx
+    def __init__(self, model, tokenizer):
+        from training import gemma_forward
 
         self.tokenizer = tokenizer
-        self.config = config
-        self._graphdef, self._state = nnx.split(model)
+        self._weights, self._layers = gemma_forward.prepare(model)
         self._compiled: dict[int, tuple] = {}
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.8, top_p: float = 1.0,
@@ -147,17 +127,15 @@ class Decoder:
         tokens = np.full((len(prompts), length), pad, dtype=np.int32)
         for row, ids in enumerate(encoded):
             tokens[row, length - len(ids):] = ids
-        mask = (tokens != pad).astype(np.int32)
         cache_size = length + steps
         if cache_size not in self._compiled:
-            self._compiled[cache_size] = _compile(self._graphdef, cache_size, CHUNK)
+            self._compiled[cache_size] = _compile(self._layers, cache_size, CHUNK)
         prefill, decode = self._compiled[cache_size]
         key, sub = jax.random.split(jax.random.PRNGKey(seed))
         temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
-        cache = _init_cache(self.config, len(prompts), cache_size)
-        token, position, cache = prefill(self._state, jnp.asarray(tokens), jnp.asarray(mask), cache, sub,
-                                         temperature, top_p)
-        valid = jnp.asarray(np.pad(mask, ((0, 0), (0, steps))).astype(bool))
+        # Every row writes a token at every step, so all slots after the prompt hold real tokens.
+        valid = jnp.asarray(np.pad(tokens != pad, ((0, 0), (0, steps)), constant_values=True))
+        token, position, cache = prefill(self._weights, jnp.asarray(tokens), valid, sub, temperature, top_p)
         eos = jnp.asarray(stop_ids, dtype=jnp.int32)
         done = jnp.isin(token, eos)
         generated = [np.asarray(token)[:, None]]
@@ -165,8 +143,8 @@ class Decoder:
         for start in range(length, length + steps - CHUNK + 1, CHUNK):
             if finished.all() or sum(g.shape[1] for g in generated) >= max_new_tokens:
                 break
-            token, position, valid, cache, key, done, out = decode(self._state, token, position, valid, start, cache,
-                                                                   key, temperature, top_p, eos, done)
+            token, position, cache, key, done, out = decode(self._weights, token, position, valid, start, cache, key,
+                                                            temperature, top_p, eos, done)
             generated.append(np.asarray(out))
             finished = np.asarray(done) | _stopped(tokenizer, np.concatenate(generated, axis=1), stop, stop_ids)
         return [_finish(tokenizer, ids, len(encoded[row]), max_new_tokens, stop, stop_ids)

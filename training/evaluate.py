@@ -172,7 +172,7 @@ def decoding(loaded: Any, config: Config, *, label: str) -> Generate:
     """A Generate over a loaded model with `training.decode.Decoder`, eval.batch_size prompts at a time."""
     from training.decode import Decoder
 
-    decoder = Decoder(loaded.model, loaded.tokenizer, loaded.config)
+    decoder = Decoder(loaded.model, loaded.tokenizer)
     tokenizer = loaded.tokenizer
     end = end_of_turn(config.student.model)  # also a string stop: a vocabulary may lack the token
     stops = stop_ids(tokenizer, config.student.model)

@@ -25,6 +25,6 @@ def questions(data_files: Path, n: int = 50) -> list[str]:
 def check(name: str, data_files: Path = DEFAULT_QUESTIONS, n: int = 50) -> tuple[str, float]:
     """(greedy continuation of PROMPT, perplexity on the first n questions)."""
     loaded = models.load(name)
-    continuation = decode.Decoder(loaded.model, loaded.tokenizer, loaded.config).generate(
+    continuation = decode.Decoder(loaded.model, loaded.tokenizer).generate(
         [PROMPT], max_new_tokens=32, temperature=0.0)[0].text
     return continuation, models.perplexity(models.token_nll(loaded, questions(data_files, n)))

@@ -25,7 +25,7 @@ class TunixTeacher:
         from training.decode import Decoder
 
         self.name = loaded.name
-        self.decoder = Decoder(loaded.model, loaded.tokenizer, loaded.config)
+        self.decoder = Decoder(loaded.model, loaded.tokenizer)
         self.batch_size = batch_size
         self.cache = cache
         self.seed = seed

@@ -117,7 +117,7 @@ def test_tiny_model_and_tokenizer_round_trip(tiny):
 
 
 def test_greedy_decoding_is_deterministic_and_batch_independent(tiny):
-    decoder = decode.Decoder(tiny.model, tiny.tokenizer, tiny.config)
+    decoder = decode.Decoder(tiny.model, tiny.tokenizer)
     alone = decoder.generate(["abc"], max_new_tokens=12, temperature=0.0)
     batched = decoder.generate(["abc", "a longer prompt that pads the first"], max_new_tokens=12, temperature=0.0)
     assert alone[0].text == batched[0].text  # left padding does not change the continuation
@@ -125,7 +125,7 @@ def test_greedy_decoding_is_deterministic_and_batch_independent(tiny):
 
 
 def test_sampling_respects_seed_length_and_stop_strings(tiny):
-    decoder = decode.Decoder(tiny.model, tiny.tokenizer, tiny.config)
+    decoder = decode.Decoder(tiny.model, tiny.tokenizer)
     first = decoder.generate(["xyz"] * 4, max_new_tokens=16, temperature=1.0, seed=3)
     again = decoder.generate(["xyz"] * 4, max_new_tokens=16, temperature=1.0, seed=3)
     assert [g.text for g in first] == [g.text for g in again]
@@ -136,6 +136,62 @@ def test_sampling_respects_seed_length_and_stop_strings(tiny):
     stop = first[0].text[:1]
     cut = decoder.generate(["xyz"], max_new_tokens=16, temperature=1.0, seed=3, stop=(stop,))[0]
     assert cut.text.endswith(stop) and cut.text.count(stop) == 1 and cut.finish_reason == "stop"
+
+
+def random_gemma3(heads: int, kv_heads: int, *, layers: int = 6, window: int = 8, seed: int = 0):
+    """A small Gemma 3 with every weight random (Tunix zero-initialises norms and MLPs)."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+    from tunix.models.gemma3 import model as gemma3
+
+    config = dataclasses.replace(models.tiny_config(), num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                                 sliding_window_size=window)
+    model = gemma3.Gemma3(config, rngs=nnx.Rngs(seed))
+    params = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    nnx.update(model, jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape, x.dtype)
+                                                   for k, x in zip(keys, leaves)]))
+    return model
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(2, 1), (2, 2), (4, 2)])
+def test_gemma_forward_gives_tunix_logits_through_prefill_and_steps(heads, kv_heads):
+    """Left padding, grouped/shared/one kv heads, local windows and a global layer: same logits as Tunix."""
+    import jax.numpy as jnp
+
+    from training import gemma_forward as gemma
+
+    model = random_gemma3(heads, kv_heads)  # 6 layers: 5 with an 8-token window, then a global one
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 260, (3, 20)).astype(np.int32)
+    tokens[1, :3] = tokens[2, :7] = 0  # left padding
+    valid = tokens != 0
+    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+    mask = valid[:, None, :] & np.tril(np.ones((20, 20), bool))[None]
+    expected, _ = model(jnp.asarray(tokens), jnp.asarray(positions), None, jnp.asarray(mask))
+
+    weights, layers = gemma.prepare(model)
+    cache = gemma.init_cache(weights, layers, 3, 24)
+    slots = jnp.asarray(np.pad(valid, ((0, 0), (0, 4)), constant_values=True))
+    hidden, cache = gemma.forward(weights, layers, jnp.asarray(tokens[:, :12]), jnp.asarray(positions[:, :12]), cache,
+                                  slots, 0)
+    got = [gemma.logits(weights, hidden)]
+    for t in range(12, 20):  # one token per step, past the window
+        hidden, cache = gemma.forward(weights, layers, jnp.asarray(tokens[:, t : t + 1]),
+                                      jnp.asarray(positions[:, t : t + 1]), cache, slots, t)
+        got.append(gemma.logits(weights, hidden))
+    got = np.concatenate([np.asarray(g) for g in got], axis=1)
+    expected = np.asarray(expected)
+    assert np.abs(expected).max() > 1  # the comparison is not between near-zero outputs
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-4, atol=1e-4)
+
+
+def test_decoder_runs_gemma3_models_only():
+    with pytest.raises(TypeError, match="Gemma 3"):
+        decode.Decoder(object(), None)
 
 
 def test_tunix_teacher_samples_n_per_prompt_and_resumes_from_cache(tiny, tmp_path):
