@@ -56,7 +56,7 @@ def main() -> None:
     from tunix.generate.tokenizer_adapter import TokenizerAdapter
 
     loaded = models.load(models.EMBEDDED)
-    questions = model_check.questions(args.data_files, max(args.batches) * 2)
+    questions = model_check.questions(args.data_files, max(args.batches))
     decoder = decode.Decoder(loaded.model, loaded.tokenizer)
     config = loaded.config
     sampler = sampler_lib.Sampler(transformer=loaded.model, tokenizer=TokenizerAdapter(loaded.tokenizer),
@@ -65,11 +65,11 @@ def main() -> None:
                                                                        head_dim=config.head_dim))
     seconds_of: dict[tuple[str, int], float] = {}
     for batch in args.batches:
-        warm, prompts = questions[batch : 2 * batch], questions[:batch]
+        prompts = questions[:batch]
         runs = {"ours": lambda p, s: ours(decoder, p, args.new_tokens, s),
                 "tunix_sampler": lambda p, s: tunix_sampler(sampler, p, args.new_tokens, s)}
         for name, run in runs.items():
-            run(warm, 0)  # compile this shape
+            run(prompts, 0)  # compile these shapes (other prompts could pad to another length)
             tokens, seconds = timed(lambda: run(prompts, 1))
             seconds_of[name, batch] = seconds
             print(f"{name:<14} batch {batch:>2}: {tokens:>5} tokens in {seconds:6.1f} s = {tokens / seconds:6.1f} tok/s",
