@@ -77,10 +77,14 @@ def _compile(layers: tuple, cache_size: int, chunk: int):
     from training import gemma_forward as gemma
 
     @jax.jit
-    def prefill(weights, tokens, valid, key, temperature, top_p):
-        positions = jnp.maximum(jnp.cumsum(valid[:, : tokens.shape[1]], axis=-1) - 1, 0)
-        cache = gemma.init_cache(weights, layers, tokens.shape[0], cache_size)
-        hidden, cache = gemma.forward(weights, layers, tokens, positions, cache, valid, 0)
+    def prefill(weights, shared, tokens, valid, key, temperature, top_p):
+        batch, prefix = tokens.shape[0], shared.shape[1]
+        cache = gemma.init_cache(weights, layers, 1 if prefix else batch, cache_size)
+        if prefix:  # the prompts' common first tokens: computed once, their keys and values copied to every row
+            _, cache = gemma.forward(weights, layers, shared, jnp.arange(prefix)[None], cache, valid[:1], 0)
+            cache = [(jnp.tile(k, (batch, 1, 1)), jnp.tile(v, (batch, 1, 1))) for k, v in cache]
+        positions = prefix + jnp.maximum(jnp.cumsum(valid[:, prefix : prefix + tokens.shape[1]], axis=-1) - 1, 0)
+        hidden, cache = gemma.forward(weights, layers, tokens, positions, cache, valid, prefix)
         # Only the last position's logits are needed: (B, L, 262k) of them would be ~10 GB at batch 32.
         first = _sample(gemma.logits(weights, hidden[:, -1]).astype(jnp.float32), key, temperature, top_p)
         return first, positions[:, -1], cache
@@ -110,11 +114,17 @@ class Decoder:
         self.tokenizer = tokenizer
         self._weights, self._layers = gemma_forward.prepare(model)
         self._compiled: dict[int, tuple] = {}
+        self.shared_tokens = 0  # prompt tokens of the last batch computed once for all its rows
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.8, top_p: float = 1.0,
                  stop: tuple[str, ...] = (), stop_ids: tuple[int, ...] = (), seed: int = 0,
                  bucket: int = 32) -> list[Generated]:
-        """Continue every prompt (one batch): BOS + prompt, left-padded, until a stop or the length limit."""
+        """Continue every prompt (one batch): BOS + prompt, left-padded, until a stop or the length limit.
+
+        Prompts that start alike (few-shot prompts) share that start: its cache is computed
+        once, in whole `bucket`s of tokens, and the rest of each prompt is left-padded after it
+        (the padding is masked; positions stay those of the unpadded prompt).
+        """
         import jax
         import jax.numpy as jnp
 
@@ -122,25 +132,29 @@ class Decoder:
         bos, pad = tokenizer.bos_id(), tokenizer.pad_id()
         stop_ids = tuple(stop_ids) or (tokenizer.eos_id(),)
         encoded = [[bos, *tokenizer.encode(p)] for p in prompts]
-        length = _round_up(max(len(e) for e in encoded), bucket)
+        # Whole buckets only, so batches of one few-shot prompt reuse one compiled shape; every row keeps a token.
+        prefix = (_common_prefix(encoded) - 1) // bucket * bucket if len(prompts) > 1 else 0
+        self.shared_tokens = prefix
+        length = _round_up(max(len(e) for e in encoded) - prefix, bucket)
         steps = _round_up(max_new_tokens, CHUNK)
         tokens = np.full((len(prompts), length), pad, dtype=np.int32)
         for row, ids in enumerate(encoded):
-            tokens[row, length - len(ids):] = ids
-        cache_size = length + steps
+            tokens[row, length - len(ids) + prefix :] = ids[prefix:]
+        cache_size = prefix + length + steps
         if cache_size not in self._compiled:
             self._compiled[cache_size] = _compile(self._layers, cache_size, CHUNK)
         prefill, decode = self._compiled[cache_size]
         key, sub = jax.random.split(jax.random.PRNGKey(seed))
         temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
         # Every row writes a token at every step, so all slots after the prompt hold real tokens.
-        valid = jnp.asarray(np.pad(tokens != pad, ((0, 0), (0, steps)), constant_values=True))
-        token, position, cache = prefill(self._weights, jnp.asarray(tokens), valid, sub, temperature, top_p)
+        valid = jnp.asarray(np.pad(tokens != pad, ((0, 0), (prefix, steps)), constant_values=True))
+        shared = jnp.asarray([encoded[0][:prefix]], dtype=jnp.int32)
+        token, position, cache = prefill(self._weights, shared, jnp.asarray(tokens), valid, sub, temperature, top_p)
         eos = jnp.asarray(stop_ids, dtype=jnp.int32)
         done = jnp.isin(token, eos)
         generated = [np.asarray(token)[:, None]]
         finished = np.asarray(done)
-        for start in range(length, length + steps - CHUNK + 1, CHUNK):
+        for start in range(prefix + length, cache_size - CHUNK + 1, CHUNK):
             if finished.all() or sum(g.shape[1] for g in generated) >= max_new_tokens:
                 break
             token, position, cache, key, done, out = decode(self._weights, token, position, valid, start, cache, key,
@@ -149,6 +163,15 @@ class Decoder:
             finished = np.asarray(done) | _stopped(tokenizer, np.concatenate(generated, axis=1), stop, stop_ids)
         return [_finish(tokenizer, ids, len(encoded[row]), max_new_tokens, stop, stop_ids)
                 for row, ids in enumerate(np.concatenate(generated, axis=1))]
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """How many first tokens every row has in common."""
+    first, shortest = rows[0], min(len(r) for r in rows)
+    for i in range(shortest):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return shortest
 
 
 def _stopped(tokenizer, ids: np.ndarray, stop: tuple[str, ...], stop_ids: tuple[int, ...]) -> np.ndarray:

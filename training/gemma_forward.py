@@ -104,8 +104,9 @@ def _rope(x, sin, cos):
 def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, positions, cache, valid, slot):
     """Final-norm hidden states (B, T, D) of `tokens` written at cache slots slot..slot+T-1, and the new cache.
 
-    `valid` (B, slots) marks the slots that hold real tokens (left padding is False); a
-    token attends to valid slots up to its own, within its layer's sliding window.
+    `valid` (B, slots) marks the slots that hold real tokens (padding is False); a token
+    attends to valid slots up to its own, within its layer's sliding window, which counts
+    positions, not slots: padding may sit between a shared prompt start and the rest.
     """
     import jax
     import jax.numpy as jnp
@@ -118,6 +119,7 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
     own = slot + jnp.arange(length)
     slots = jnp.arange(valid.shape[1])
     causal = valid[:, None, :] & (slots[None, :] <= own[:, None])[None]  # (B, T, slots)
+    distance = positions[:, :, None] - (jnp.cumsum(valid, axis=1) - 1)[:, None, :]  # query minus key position
     tables, new_cache = {}, []
     for w, la, (keys, values) in zip(weights["layers"], layers, cache):
         n, k, h = la.heads, la.kv_heads, la.head_dim
@@ -127,7 +129,7 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
         sin, cos = tables[la.rope]
         mask = causal
         if la.window is not None:
-            mask = mask & (slots[None, :] > own[:, None] - la.window)[None]
+            mask = mask & (distance < la.window)
         qkv = _rms_norm(x, w["pre_attn"]) @ w["qkv"]
         q = _rope(_rms_norm(qkv[:, : n * h].reshape(batch, length, n, h), w["q_norm"]), sin, cos) * la.query_scale
         new_k = _rope(_rms_norm(qkv[:, n * h : (n + k) * h].reshape(batch, length, k, h), w["k_norm"]), sin, cos)

@@ -124,6 +124,18 @@ def test_greedy_decoding_is_deterministic_and_batch_independent(tiny):
     assert alone[0].completion_tokens <= 12
 
 
+def test_a_shared_prompt_start_is_computed_once_with_the_same_result(tiny):
+    decoder = decode.Decoder(tiny.model, tiny.tokenizer)
+    start = "Solve each problem. Example: 2 + 2 = 4. Example: 3 * 3 = 9. Example: 10 - 7 = 3.\nProblem: "
+    prompts = [start + "1 + 1", start + "what is 12 * 12", start + "7 - 5"]
+    batched = decoder.generate(prompts, max_new_tokens=12, temperature=0.0)
+    assert decoder.shared_tokens == 64  # 86 common tokens (BOS + bytes), in whole buckets of 32
+    alone = [decoder.generate([p], max_new_tokens=12, temperature=0.0)[0] for p in prompts]
+    assert decoder.shared_tokens == 0
+    assert [g.text for g in batched] == [g.text for g in alone]
+    assert [g.prompt_tokens for g in batched] == [len(tiny.tokenizer.encode(p)) + 1 for p in prompts]
+
+
 def test_sampling_respects_seed_length_and_stop_strings(tiny):
     decoder = decode.Decoder(tiny.model, tiny.tokenizer)
     first = decoder.generate(["xyz"] * 4, max_new_tokens=16, temperature=1.0, seed=3)
