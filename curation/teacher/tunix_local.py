@@ -47,8 +47,9 @@ class TunixTeacher:
                     results[p, s] = from_entry(p, s, hit)
                 else:
                     todo.append((p, s, key))
-        # Similar prompt lengths in one batch waste less padding.
-        todo.sort(key=lambda item: len(prompts[item[0]].text))
+        # One batch per few-shot header where possible (the decoder computes a shared start once),
+        # and similar lengths together (less padding).
+        todo.sort(key=lambda item: (_header(prompts[item[0]]), len(prompts[item[0]].text)))
         bar = tqdm(total=len(prompts) * params.n, initial=len(results), desc=f"teacher {self.name}", unit="sample",
                    disable=not self.progress, dynamic_ncols=True)
         tokens, started = 0, time.perf_counter()
@@ -74,6 +75,11 @@ class TunixTeacher:
             bar.set_postfix(tok_per_s=f"{tokens / max(1e-9, time.perf_counter() - started):.0f}", refresh=False)
         bar.close()
         return [results[p, s] for p in range(len(prompts)) for s in range(params.n)]
+
+
+def _header(prompt: Prompt) -> tuple[str, ...]:
+    """Everything a prompt holds before its own problem: the system prompt and worked examples."""
+    return tuple(m["content"] for m in prompt.messages[:-1])
 
 
 def _strip_stops(text: str, stops: tuple[str, ...]) -> str:

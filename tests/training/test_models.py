@@ -224,6 +224,30 @@ def test_tunix_teacher_samples_n_per_prompt_and_resumes_from_cache(tiny, tmp_pat
     assert resumed.requests_sent == 0 and [c.text for c in again] == [c.text for c in out]
 
 
+def test_tunix_teacher_batches_prompts_by_few_shot_header(tiny):
+    from curation.teacher import SamplingParams, prompts
+    from curation.teacher.tunix_local import TunixTeacher
+
+    kinds = ["procedural/basic_arithmetic", "procedural/gsm_symbolic"]  # different worked examples
+    base = {kind: len(prompts.build("", kind).text) for kind in kinds}
+    # Problem lengths chosen so that sorting by prompt length alone would alternate the kinds.
+    built = [prompts.build("x" * (1000 + i - base[kinds[i % 2]]), kinds[i % 2]) for i in range(4)]
+    header = min(base.values()) - len("Problem: ")  # roughly; the exact cut does not matter
+    teacher = TunixTeacher(tiny, batch_size=2, progress=False)
+    shared = []
+    original = teacher.decoder.generate
+
+    def generate(*args, **kwargs):
+        out = original(*args, **kwargs)
+        shared.append(teacher.decoder.shared_tokens)
+        return out
+
+    teacher.decoder.generate = generate
+    teacher.generate(built, SamplingParams(n=1, max_new_tokens=4))
+    # Both batches hold one kind, so each shares its worked examples, not only the system prompt (~200 bytes).
+    assert len(shared) == 2 and min(shared) > header - 64
+
+
 def test_two_pass_top_k_equals_lax_top_k():
     import jax
     import jax.numpy as jnp
