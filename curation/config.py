@@ -59,6 +59,7 @@ class TeacherConfig(_Strict):
     base_url: str | None = None
     model: str = "gemma3-270m"
     api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
+    api_key_block: str | None = None  # or the name of a Prefect Secret block holding the key (it wins)
     n: int = Field(default=4, ge=1)
     temperature: float = Field(default=0.8, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)

@@ -54,16 +54,13 @@ def sampling_params(config: TeacherConfig) -> SamplingParams:
 
 
 def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, seed: int = 0) -> Teacher:
-    """The configured teacher backend; the API key is read from the named variable, never stored."""
+    """The configured teacher backend; the API key is read when needed (`api_key`), never stored."""
     if config.backend == "openai":
         from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
 
         if not config.base_url:
             raise ValueError("teacher.backend=openai needs teacher.base_url, e.g. http://127.0.0.1:8000/v1")
-        api_key = os.environ.get(config.api_key_env)
-        if api_key is None:
-            logger.info("no API key in $%s; sending none (fine for local servers)", config.api_key_env)
-        return OpenAITeacher(base_url=config.base_url, model=config.model, api_key=api_key, style=config.style,
+        return OpenAITeacher(base_url=config.base_url, model=config.model, api_key=api_key(config), style=config.style,
                              concurrency=config.concurrency, timeout_s=config.timeout_s,
                              retry=RetryPolicy(max_attempts=config.max_attempts), native_n=config.native_n,
                              cache=cache, seed=seed)
@@ -71,6 +68,22 @@ def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, seed: int
     from training import models
 
     return TunixTeacher(models.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed)
+
+
+def api_key(config: TeacherConfig) -> str | None:
+    """The teacher's API key: from the named Prefect Secret block if any, else the named env variable."""
+    if config.api_key_block:
+        from prefect.blocks.system import Secret
+
+        try:
+            return Secret.load(config.api_key_block).get()
+        except ValueError as error:  # Prefect's "Unable to find block document named ..."
+            raise ValueError(f"teacher.api_key_block={config.api_key_block!r}: {error}; create it with "
+                             f"prefect.blocks.system.Secret(value=...).save({config.api_key_block!r})") from None
+    key = os.environ.get(config.api_key_env)
+    if key is None:
+        logger.info("no API key in $%s; sending none (fine for local servers)", config.api_key_env)
+    return key
 
 
 def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) -> store.StageResult:

@@ -135,3 +135,24 @@ def test_refresh_writes_a_version_only_with_new_rows(prefect_api, tmp_path):
     assert nothing_new == {"version": "v2", "seed": fixed.seed + 2, "new_rows": 0, "kept": False}
     assert sorted(p.name for p in gsm.glob("v*")) == ["v1"]
     assert [a["kept"] for a in json.loads((gsm / "refresh.json").read_text())] == [True, False]
+
+
+def test_teacher_key_comes_from_a_prefect_secret_block_and_is_never_written(prefect_api, tmp_path, caplog):
+    from prefect.blocks.system import Secret
+
+    secret = "sk-test-5ecret-d0-not-log"
+    Secret(value=secret).save("teacher-key", overwrite=True)
+    with FakeOpenAI() as teacher:
+        config = load_config("tiny", sets=["teacher.backend=openai", f"teacher.base_url={teacher.base_url}",
+                                           "teacher.model=fake", "teacher.api_key_block=teacher-key"])
+        run_dir = tmp_path / "run"
+        with caplog.at_level("DEBUG"):
+            for stage in ("pull", "dedup", "generate"):
+                stages.run(stage, run_dir, config)
+        assert teacher.requests > 0 and teacher.authorizations == {f"Bearer {secret}"}
+    assert secret not in caplog.text
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+    missing = config.model_copy(update={"teacher": config.teacher.model_copy(update={"api_key_block": "no-such"})})
+    with pytest.raises(ValueError, match="teacher.api_key_block='no-such'"):
+        stages.run("generate", run_dir, missing, force=True)

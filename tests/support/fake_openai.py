@@ -48,6 +48,7 @@ class FakeOpenAI:
         self.answer = answer or (lambda prompt: "42")
         self.attempts: collections.Counter[str] = collections.Counter()
         self.requests = 0
+        self.authorizations: set[str | None] = set()  # Authorization headers seen
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -92,6 +93,7 @@ class FakeOpenAI:
                 key = hashlib.sha256(prompt.encode()).hexdigest()
                 with fake._lock:
                     fake.requests += 1
+                    fake.authorizations.add(self.headers.get("Authorization"))
                     fake.attempts[key] += 1
                     attempt = fake.attempts[key]
                 fault = fake.faults(key, attempt)
