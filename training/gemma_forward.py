@@ -6,19 +6,16 @@ spent 86 ms of each step re-laying out its (heads, in, out) einsum weights as 2-
 and its (batch, slots, kv heads, dim) key cache made the query-key product a slow
 transposed batched matmul. Here the weights are rearranged once (q, k, v fused into one
 matrix, gate and up into another), keys are cached as (batch * kv heads, dim, slots) so
-that product is a plain batched matmul, and the rotary tables are computed once per step
-instead of once per layer. The cache has no unit kv-head axis on purpose: with one, XLA
-duplicated every cache update into each reader and copied the whole cache four times a
-step (body 296 ms a step instead of 144 ms).
+that product is a plain batched matmul. Rotary embeddings and the masked-logit value are
+Tunix's own. The cache has no unit kv-head axis on purpose: with one, XLA duplicated every
+cache update into each reader and copied the whole cache four times a step (body 296 ms a
+step instead of 144 ms).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-K_MASK = -2.3819763e38  # Tunix's masked-logit value, so masked rows behave as they do there
-
 
 @dataclass(frozen=True)
 class Layer:
@@ -86,21 +83,6 @@ def _rms_norm(x, scale):
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-6) * (1 + scale)
 
 
-def _rope_tables(positions, head_dim: int, base: float, scale: float):
-    import jax.numpy as jnp
-
-    timescale = base ** (2 * jnp.arange(head_dim // 2) / head_dim)
-    angle = (positions[..., None] / timescale)[..., None, :] / scale  # (B, T, 1, H/2)
-    return jnp.sin(angle), jnp.cos(angle)
-
-
-def _rope(x, sin, cos):
-    import jax.numpy as jnp
-
-    first, second = jnp.split(x, 2, axis=-1)
-    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
-
-
 def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, positions, cache, valid, slot):
     """Final-norm hidden states (B, T, D) of `tokens` written at cache slots slot..slot+T-1, and the new cache.
 
@@ -111,6 +93,7 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
     import jax
     import jax.numpy as jnp
     from flax import nnx
+    from tunix.models.gemma3.model import K_MASK, apply_rope
 
     batch, length = tokens.shape
     embed = weights["embed"]
@@ -120,19 +103,19 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
     slots = jnp.arange(valid.shape[1])
     causal = valid[:, None, :] & (slots[None, :] <= own[:, None])[None]  # (B, T, slots)
     distance = positions[:, :, None] - (jnp.cumsum(valid, axis=1) - 1)[:, None, :]  # query minus key position
-    tables, new_cache = {}, []
+    new_cache = []
     for w, la, (keys, values) in zip(weights["layers"], layers, cache):
         n, k, h = la.heads, la.kv_heads, la.head_dim
         group = n // k
-        if la.rope not in tables:
-            tables[la.rope] = _rope_tables(positions, h, *la.rope)
-        sin, cos = tables[la.rope]
+        base, scale = la.rope
         mask = causal
         if la.window is not None:
             mask = mask & (distance < la.window)
         qkv = _rms_norm(x, w["pre_attn"]) @ w["qkv"]
-        q = _rope(_rms_norm(qkv[:, : n * h].reshape(batch, length, n, h), w["q_norm"]), sin, cos) * la.query_scale
-        new_k = _rope(_rms_norm(qkv[:, n * h : (n + k) * h].reshape(batch, length, k, h), w["k_norm"]), sin, cos)
+        q = apply_rope(_rms_norm(qkv[:, : n * h].reshape(batch, length, n, h), w["q_norm"]), positions,
+                       head_dim=h, base_frequency=base, scale_factor=scale) * la.query_scale
+        new_k = apply_rope(_rms_norm(qkv[:, n * h : (n + k) * h].reshape(batch, length, k, h), w["k_norm"]),
+                           positions, head_dim=h, base_frequency=base, scale_factor=scale)
         new_v = qkv[:, (n + k) * h :].reshape(batch, length, k, h)
         new_k = new_k.transpose(0, 2, 3, 1).reshape(batch * k, h, length)
         new_v = new_v.transpose(0, 2, 1, 3).reshape(batch * k, length, h)
