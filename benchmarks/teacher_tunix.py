@@ -21,7 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import decode, model_check, models  # noqa: E402
+from models import decode, registry  # noqa: E402
+from training import model_check  # noqa: E402
+
+# Benchmarks reproduce figures measured in this workplace, where the Hub-format data lies beside the repo.
+SHARED_GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 def ours(decoder: decode.Decoder, prompts: list[str], new_tokens: int, seed: int) -> int:
@@ -50,12 +54,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--data-files", type=Path, default=model_check.DEFAULT_QUESTIONS)
+    parser.add_argument("--data-files", type=Path, default=SHARED_GSM8K_TEST,
+                        help="GSM8K test questions in the Hub's format (default: the workplace's shared copy)")
     args = parser.parse_args()
     from tunix.generate import sampler as sampler_lib
     from tunix.generate.tokenizer_adapter import TokenizerAdapter
 
-    loaded = models.load(models.EMBEDDED)
+    loaded = registry.load(registry.EMBEDDED)
     questions = model_check.questions(args.data_files, max(args.batches))
     decoder = decode.Decoder(loaded.model, loaded.tokenizer)
     config = loaded.config
@@ -79,7 +84,7 @@ def main() -> None:
     except ImportError:
         print("llama.cpp: not installed (pip install -e '.[llama]')")
     else:
-        llm = Llama(model_path=str(models.embedded_gguf()), n_ctx=512, verbose=False)
+        llm = Llama(model_path=str(registry.embedded_gguf()), n_ctx=512, verbose=False)
         prompts = questions[: min(8, len(questions))]
         llm(prompts[0], max_tokens=8)  # warm
         started, tokens = time.perf_counter(), 0

@@ -33,13 +33,13 @@ import time
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.config import load_config  # noqa: E402
-from training import lora, models, sft  # noqa: E402
+from models import registry  # noqa: E402
+from training import lora, sft  # noqa: E402
 
 PROFILE = "cpu-smoke"
 
@@ -64,7 +64,7 @@ class StampedBatches(list):
         return (self.stamps[warmup + steps] - self.stamps[warmup]) / steps
 
 
-def fixed_rows(loaded: models.LoadedModel, batch: int, length: int) -> pl.DataFrame:
+def fixed_rows(loaded: registry.LoadedModel, batch: int, length: int) -> pl.DataFrame:
     """`batch` train rows encoded as SFT encodes them, each cut to exactly `length` tokens."""
     filler = "<reasoning>We add the tens, then the units, and carry one.</reasoning> "
     frame = pl.DataFrame({
@@ -137,7 +137,7 @@ def grpo_prompts(loaded, batch: int) -> pl.DataFrame:
 
 def grpo_ours(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tuple[float, float]:
     """(seconds per step, completion tokens per step) of `grpo.train`: its cluster, rewards, log, checkpoints."""
-    from training import grpo
+    from training import grpo, rewards
 
     real = grpo.batches
     made: list[StampedBatches] = []
@@ -148,7 +148,8 @@ def grpo_ours(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tu
 
     actor = lora.apply(loaded.model, config.sft.lora, seed=config.seed)  # B = 0: the model an adapter starts from
     with tempfile.TemporaryDirectory() as folder, mock.patch.object(grpo, "batches", stamped):
-        grpo.train(loaded, actor, kept, Path(folder), config, key="benchmark", force=True)
+        grpo.train(loaded, actor, kept, Path(folder), config, key="benchmark", force=True,
+                   reward_fns=rewards.reward_fns())
         rows = sft.MetricsLog(Path(folder) / sft.METRICS_LOG, []).rows()
     completion = {r["step"]: r["tokens"] for r in rows if "tokens" in r}
     timed = [completion.get(step, 0) for step in range(warmup + 1, warmup + steps + 1)]
@@ -199,7 +200,7 @@ def grpo_bare(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tu
 def main() -> None:
     """Measure SFT and GRPO (when training/grpo.py has it), print the table, then the two ratio lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=models.EMBEDDED, help=f"{models.EMBEDDED} or {models.TINY}")
+    parser.add_argument("--model", default=registry.EMBEDDED, help=f"{registry.EMBEDDED} or {registry.TINY}")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     parser.add_argument("--batch", type=int, default=2, help="SFT rows per step")
@@ -219,7 +220,7 @@ def main() -> None:
     sets += [f"grpo.batch_size={args.grpo_batch}"] if args.grpo_batch else []
     sets += [f"grpo.max_new_tokens={args.grpo_new_tokens}"] if args.grpo_new_tokens else []
     config = load_config(PROFILE, sets=sets)
-    loaded = models.load(args.model, seed=config.seed)
+    loaded = registry.load(args.model, seed=config.seed)
     rows = fixed_rows(loaded, args.batch, args.length)
     sft_tokens = float(args.batch * args.length)
     print(f"model {args.model}; LoRA rank {config.sft.lora.rank}; {args.rounds} rounds of each loop, alternating")

@@ -55,24 +55,24 @@ def extract(text: str | None) -> str | None:
     return None
 
 
-_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
+TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")  # the trace format, in this order
 
 
 def format_problem(text: str | None) -> str | None:
     """Why a completion is not exactly one reasoning block then one answer block, or None if it is."""
     if not text:
         return "empty completion"
-    counts = {tag: text.count(tag) for tag in _TAGS}
+    counts = {tag: text.count(tag) for tag in TAGS}
     wrong = [f"{tag} x{n}" for tag, n in counts.items() if n != 1]
     if wrong:
         return "needs each tag exactly once: " + ", ".join(wrong)
-    positions = [text.index(tag) for tag in _TAGS]
+    positions = [text.index(tag) for tag in TAGS]
     if positions != sorted(positions):
         return "tags out of order (expected <reasoning>...</reasoning><answer>...</answer>)"
-    reasoning = text[positions[0] + len(_TAGS[0]) : positions[1]].strip()
-    answer = text[positions[2] + len(_TAGS[2]) : positions[3]].strip()
-    outside = (text[: positions[0]] + text[positions[1] + len(_TAGS[1]) : positions[2]]
-               + text[positions[3] + len(_TAGS[3]) :]).strip()
+    reasoning = text[positions[0] + len(TAGS[0]) : positions[1]].strip()
+    answer = text[positions[2] + len(TAGS[2]) : positions[3]].strip()
+    outside = (text[: positions[0]] + text[positions[1] + len(TAGS[1]) : positions[2]]
+               + text[positions[3] + len(TAGS[3]) :]).strip()
     if not reasoning or not answer:
         return "empty reasoning or answer block"
     if outside:

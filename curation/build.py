@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import polars as pl
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = "build"
 INPUT_STAGES = ("dedup", "filter")
+PASS_RATES = "pass_rates.parquet"  # the filter stage's per-problem pass rates
+SFT = "sft.parquet"  # the SFT set; the GRPO set is the stage's data.parquet
 HF_DIR = "hf"
 
 # Student chat templates, by model family: (turn before the prompt, turn before the answer, end of turn).
@@ -57,6 +60,14 @@ def split_of(problem_id: str, seed: int, val_fraction: float) -> str:
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
 
 
+class BuildReason(StrEnum):
+    """Why a problem is not in the GRPO set."""
+
+    NO_TEACHER_SAMPLES = "no_teacher_samples"
+    ZERO_ADVANTAGE_ALL_SOLVED = "zero_advantage_all_solved"
+    ZERO_ADVANTAGE_NONE_SOLVED = "zero_advantage_none_solved"
+
+
 @dataclass(kw_only=True)
 class BuildStats(store.StageStats):
     """Sizes of both sets, for the data card."""
@@ -72,7 +83,9 @@ def build(problems: pl.DataFrame, traces: pl.DataFrame, pass_rates: pl.DataFrame
     started = time.time()
     end = TEMPLATES[family(student)][2]
     split = pl.col("problem_id").map_elements(lambda i: split_of(i, seed, config.val_fraction), return_dtype=pl.String)
-    facts = problems.select(pl.col("id").alias("problem_id"), "problem", "source", pl.col("answer").alias("gold"))
+    # `meta` travels on: the GRPO reward and eval need a procedural problem's generator entry.
+    facts = problems.select(pl.col("id").alias("problem_id"), "problem", "source", pl.col("answer").alias("gold"),
+                            "meta")
     sft = (traces.select("problem_id", "sample_idx", "completion", "tokens", "pass_rate")
            .join(facts, on="problem_id", how="left", maintain_order="left")
            .with_columns(split=split,
@@ -84,18 +97,17 @@ def build(problems: pl.DataFrame, traces: pl.DataFrame, pass_rates: pl.DataFrame
                              return_dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String}))))
            .with_columns(completion=pl.col("completion") + end)
            .select("problem_id", "sample_idx", "split", "source", "problem", "gold", "prompt", "completion",
-                   "messages", "tokens", "pass_rate"))
+                   "messages", "tokens", "pass_rate", "meta"))
     grpo = (facts.join(pass_rates.select("problem_id", "pass_rate"), on="problem_id", how="left",
                        maintain_order="left")
             .with_columns(split=split, difficulty=1.0 - pl.col("pass_rate"),
                           prompt=pl.col("problem").map_elements(lambda p: student_prompt(p, student),
                                                                 return_dtype=pl.String)))
-    reason = (pl.when(pl.col("pass_rate").is_null()).then(pl.lit("no_teacher_samples"))
-              .when(pl.col("pass_rate") >= 1.0).then(pl.lit("zero_advantage_all_solved"))
-              .when(pl.col("pass_rate") <= 0.0).then(pl.lit("zero_advantage_none_solved")))
-    grpo = grpo.with_columns(reject_reason=reason if config.drop_zero_advantage else
-                             pl.when(pl.col("pass_rate").is_null()).then(pl.lit("no_teacher_samples")))
-    columns = ["problem_id", "split", "source", "problem", "gold", "prompt", "pass_rate", "difficulty"]
+    unsampled = pl.when(pl.col("pass_rate").is_null()).then(pl.lit(BuildReason.NO_TEACHER_SAMPLES.value))
+    reason = (unsampled.when(pl.col("pass_rate") >= 1.0).then(pl.lit(BuildReason.ZERO_ADVANTAGE_ALL_SOLVED.value))
+              .when(pl.col("pass_rate") <= 0.0).then(pl.lit(BuildReason.ZERO_ADVANTAGE_NONE_SOLVED.value)))
+    grpo = grpo.with_columns(reject_reason=reason if config.drop_zero_advantage else unsampled)
+    columns = ["problem_id", "split", "source", "problem", "gold", "prompt", "pass_rate", "difficulty", "meta"]
     kept = grpo.filter(pl.col("reject_reason").is_null()).select(columns)
     rejected = grpo.filter(pl.col("reject_reason").is_not_null()).select(
         *columns, "reject_reason",
@@ -119,7 +131,8 @@ def save_hf(run_dir: Path, key: str) -> None:
     marker = target / "key"
     if marker.is_file() and marker.read_text() == key:
         return
-    sets = {"sft": pl.read_parquet(run_dir / STAGE / "sft.parquet"), "grpo": store.read_data(run_dir, STAGE)}
+    built = store.finished(run_dir, STAGE)
+    sets = {"sft": built.read(SFT), "grpo": built.read()}
     for name, frame in sets.items():
         splits = {s: datasets.Dataset.from_polars(frame.filter(pl.col("split") == s).drop("split"))
                   for s in ("train", "validation")}
@@ -129,12 +142,13 @@ def save_hf(run_dir: Path, key: str) -> None:
 
 def run(run_dir: Path, config: BuildConfig, *, student: str, seed: int, force: bool = False) -> store.Manifest:
     """Run the build stage on the dedup and filter outputs of `run_dir`."""
-    problems = store.read_data(run_dir, "dedup")
-    traces = store.read_data(run_dir, "filter")
-    pass_rates = pl.read_parquet(run_dir / "filter" / "pass_rates.parquet")
-    inputs = {stage: store.input_hash(run_dir, stage) for stage in INPUT_STAGES}
+    dedup, filtered = (store.finished(run_dir, stage) for stage in INPUT_STAGES)
+    inputs = {"dedup": dedup.hash(), "filter": filtered.hash(), "pass_rates": filtered.hash(PASS_RATES)}
     stage_config = {**config.model_dump(mode="json"), "student": student, "seed": seed}
-    manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
-                               compute=lambda: build(problems, traces, pass_rates, config, student=student, seed=seed))
+
+    def compute() -> store.StageResult:
+        return build(dedup.read(), filtered.read(), filtered.read(PASS_RATES), config, student=student, seed=seed)
+
+    manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force, compute=compute)
     save_hf(run_dir, manifest.key)
     return manifest

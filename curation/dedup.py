@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curation import minhash, store
+from curation import minhash, sources, store
 from curation.config import DedupConfig, HubSource
 from curation.dedup_index import VersionIndex, open_index
-from curation.sources import hub
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +158,7 @@ def _reject(frame: pl.DataFrame, rows: list[int], reason: DedupReason, dup_of: l
 
 def load_eval_sets(eval_sets: list[HubSource]) -> pl.DataFrame:
     """Problems of the benchmark sets (source, source_id, problem) to decontaminate against."""
-    frames = [hub.load(s.id, s.data_files, s.split, config=s.config, revision=s.revision, limit=s.limit)[0]
-              for s in eval_sets]
+    frames = [sources.load(s, seed=0)[0] for s in eval_sets]
     if not frames:
         return pl.DataFrame(schema={"source": pl.String, "source_id": pl.String, "problem": pl.String})
     return pl.concat(frames).select("source", "source_id", "problem")
@@ -249,9 +247,10 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
 def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Manifest:
     """Run the dedup stage on the pull output of `run_dir`; record kept rows in the version index."""
     params = Params.from_config(config)
-    problems = store.read_data(run_dir, INPUT_STAGE)
+    pulled = store.finished(run_dir, INPUT_STAGE)
+    problems = pulled.read()
     index = open_index(config, run_dir, params)
-    inputs = {INPUT_STAGE: store.input_hash(run_dir, INPUT_STAGE), **index.fingerprint()}
+    inputs = {INPUT_STAGE: pulled.hash(), **index.fingerprint()}
     for source in config.eval_sets:  # benchmark files are inputs too: a changed file recomputes
         if source.data_files:
             files = source.data_files if isinstance(source.data_files, list) else [source.data_files]
@@ -267,7 +266,7 @@ def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Man
 
     manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute, force=force)
     if not index.has_current():  # skipped stage whose index entry was lost: rebuild it
-        kept = store.read_data(run_dir, STAGE)
+        kept = store.finished(run_dir, STAGE).read()
         texts = kept["problem"].to_list()
         index.add(kept["id"].to_list(), exact_keys(texts),
                   minhash.signatures(texts, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed))

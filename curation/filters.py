@@ -187,8 +187,7 @@ def _histogram(rates: pl.Series) -> dict[str, int]:
 
 def run(run_dir: Path, config: FilterConfig, *, force: bool = False) -> store.Manifest:
     """Run the filter stage on the generations and problems of `run_dir`."""
-    generations = store.read_data(run_dir, "generate")
-    problems = store.read_data(run_dir, "dedup")
-    inputs = {stage: store.input_hash(run_dir, stage) for stage in INPUT_STAGES}
-    return store.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=inputs,
-                           compute=lambda: filter_traces(generations, problems, config), force=force)
+    found = {stage: store.finished(run_dir, stage) for stage in INPUT_STAGES}
+    inputs = {stage: done.hash() for stage, done in found.items()}
+    return store.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=inputs, force=force,
+                           compute=lambda: filter_traces(found["generate"].read(), found["dedup"].read(), config))

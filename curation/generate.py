@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import polars as pl
@@ -35,6 +35,12 @@ GENERATION_SCHEMA = pl.Schema({
 })
 
 
+class GenerateReason(StrEnum):
+    """Why a requested sample is not a generation."""
+
+    TEACHER_ERROR = "teacher_error"  # the request still failed after its retries; the next run asks again
+
+
 @dataclass(kw_only=True)
 class GenerateStats(store.StageStats):
     """Teacher figures for the data card."""
@@ -53,37 +59,22 @@ def sampling_params(config: TeacherConfig) -> SamplingParams:
                           max_new_tokens=config.max_new_tokens)
 
 
-def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, seed: int = 0) -> Teacher:
-    """The configured teacher backend; the API key is read when needed (`api_key`), never stored."""
+def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, api_key: str | None = None,
+                 seed: int = 0) -> Teacher:
+    """The configured teacher backend; `api_key` is the resolved key value (never stored or logged)."""
     if config.backend == "openai":
         from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
 
         if not config.base_url:
             raise ValueError("teacher.backend=openai needs teacher.base_url, e.g. http://127.0.0.1:8000/v1")
-        return OpenAITeacher(base_url=config.base_url, model=config.model, api_key=api_key(config), style=config.style,
+        return OpenAITeacher(base_url=config.base_url, model=config.model, api_key=api_key, style=config.style,
                              concurrency=config.concurrency, timeout_s=config.timeout_s,
                              retry=RetryPolicy(max_attempts=config.max_attempts), native_n=config.native_n,
                              cache=cache, seed=seed)
     from curation.teacher.tunix_local import TunixTeacher
-    from training import models
+    from models import registry
 
-    return TunixTeacher(models.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed)
-
-
-def api_key(config: TeacherConfig) -> str | None:
-    """The teacher's API key: from the named Prefect Secret block if any, else the named env variable."""
-    if config.api_key_block:
-        from prefect.blocks.system import Secret
-
-        try:
-            return Secret.load(config.api_key_block).get()
-        except ValueError as error:  # Prefect's "Unable to find block document named ..."
-            raise ValueError(f"teacher.api_key_block={config.api_key_block!r}: {error}; create it with "
-                             f"prefect.blocks.system.Secret(value=...).save({config.api_key_block!r})") from None
-    key = os.environ.get(config.api_key_env)
-    if key is None:
-        logger.info("no API key in $%s; sending none (fine for local servers)", config.api_key_env)
-    return key
+    return TunixTeacher(registry.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed)
 
 
 def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) -> store.StageResult:
@@ -99,7 +90,7 @@ def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) ->
                          orient="row")
     kept = frame.filter(pl.col("error").is_null())
     rejected = frame.filter(pl.col("error").is_not_null()).with_columns(
-        reject_reason=pl.lit("teacher_error"), reject_detail=pl.col("error"))
+        reject_reason=pl.lit(GenerateReason.TEACHER_ERROR.value), reject_detail=pl.col("error"))
     elapsed = time.time() - started
     tokens = int(kept["completion_tokens"].fill_null(0).sum())
     stats = GenerateStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
@@ -117,18 +108,23 @@ def _row(c: Completion, ids: list[str], shown: list[str], teacher: str) -> dict[
             "latency_s": round(c.latency_s, 4), "attempts": c.attempts, "cached": c.cached, "error": c.error}
 
 
-def run(run_dir: Path, config: TeacherConfig, *, seed: int = 0, force: bool = False,
+def run(run_dir: Path, config: TeacherConfig, *, seed: int = 0, force: bool = False, api_key: str | None = None,
         teacher: Teacher | None = None) -> store.Manifest:
-    """Run the generate stage on the dedup output of `run_dir`, resuming from the request cache."""
-    problems = store.read_data(run_dir, INPUT_STAGE)
+    """Run the generate stage on the dedup output of `run_dir`, resuming from the request cache.
+
+    `api_key` is the endpoint's key, resolved by the caller (flows/: a Prefect Secret block or
+    the environment); `teacher` replaces the configured backend (tests).
+    """
+    dedup = store.finished(run_dir, INPUT_STAGE)
+    problems = dedup.read()
     stage_config = {**config.model_dump(mode="json", exclude={"concurrency", "timeout_s", "max_attempts"}),
                     "template": prompts.template_version(), "seed": seed}
-    inputs = {INPUT_STAGE: store.input_hash(run_dir, INPUT_STAGE)}
+    inputs = {INPUT_STAGE: dedup.hash()}
 
     def compute() -> store.StageResult:
         cache = RequestCache(run_dir / STAGE / CACHE_FILE)
         try:
-            return generate(problems, teacher or make_teacher(config, cache, seed=seed), config)
+            return generate(problems, teacher or make_teacher(config, cache, api_key=api_key, seed=seed), config)
         finally:
             cache.close()
 

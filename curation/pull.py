@@ -10,10 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from curation import store
-from curation.config import HubSource, ProceduralSource, PullConfig
+from curation import sources, store
+from curation.config import ProceduralSource, PullConfig
 from curation.schema import RejectReason
-from curation.sources import hub, procedural
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +26,12 @@ class PullStats(store.StageStats):
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _load(spec: ProceduralSource | HubSource, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Load one source spec."""
-    if isinstance(spec, ProceduralSource):
-        return procedural.load(spec.task, spec.n, spec.seed if spec.seed is not None else seed, **spec.options)
-    return hub.load(spec.id, spec.data_files, spec.split, config=spec.config, revision=spec.revision,
-                    limit=spec.limit)
-
-
 def pull(config: PullConfig) -> store.StageResult:
     """Load all sources; a problem id seen twice is rejected as a duplicate after its first."""
     started = time.time()
     kept_parts, rejected_parts = [], []
     for spec in config.sources:
-        kept, rejected = _load(spec, config.seed)
+        kept, rejected = sources.load(spec, config.seed)
         kept_parts.append(kept)
         rejected_parts.append(rejected)
     kept = pl.concat(kept_parts)

@@ -187,12 +187,42 @@ def complete_manifest(stage_dir: Path, key: str | None = None) -> Manifest | Non
     return manifest
 
 
-def input_hash(run_dir: Path, stage: str) -> str:
-    """The content hash of a finished stage's kept rows, for use as a downstream input."""
+@dataclass(frozen=True, kw_only=True)
+class Finished:
+    """A finished stage as a later stage reads it: outputs checked against its manifest once.
+
+    Every stage reads its inputs through this (`store.finished`), so every stage checks them
+    the same way and keys itself on the hashes the manifest recorded.
+    """
+
+    folder: Path
+    manifest: Manifest
+
+    def _name(self, name: str) -> str:
+        if name not in self.manifest.outputs:
+            raise StageInputError(f"{self.folder}: stage {self.manifest.stage!r} has no output {name!r} "
+                                  f"(it wrote {', '.join(sorted(self.manifest.outputs))}); re-run it")
+        return name
+
+    def path(self, name: str = DATA) -> Path:
+        """Where one of the stage's outputs lies."""
+        return self.folder / self._name(name)
+
+    def hash(self, name: str = DATA) -> str:
+        """The sha256 the manifest recorded for one output: what a downstream stage keys on."""
+        return self.manifest.outputs[self._name(name)]
+
+    def read(self, name: str = DATA) -> pl.DataFrame:
+        """One of the stage's parquet outputs (its kept rows by default)."""
+        return pl.read_parquet(self.path(name))
+
+
+def finished(run_dir: Path, stage: str) -> Finished:
+    """The complete output of `stage` in `run_dir`; StageInputError, naming it, when there is none."""
     manifest = complete_manifest(run_dir / stage)
     if manifest is None:
         raise StageInputError(f"stage {stage!r} has no complete output in {run_dir / stage}; run it first")
-    return manifest.outputs[DATA]
+    return Finished(folder=run_dir / stage, manifest=manifest)
 
 
 def run_stage(
@@ -256,10 +286,3 @@ def finish_stage(stage_dir: Path, *, stage: str, key: str, config: Any, inputs: 
     )
     write_json(dataclasses.asdict(manifest), stage_dir / MANIFEST)
     return manifest
-
-
-def read_data(run_dir: Path, stage: str) -> pl.DataFrame:
-    """The kept rows of a finished stage; StageInputError when it has not finished."""
-    if complete_manifest(run_dir / stage) is None:
-        raise StageInputError(f"stage {stage!r} has no complete output in {run_dir / stage}; run it first")
-    return pl.read_parquet(run_dir / stage / DATA)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
 
 from curation import store
 from data_cards import facts as card_facts
-from data_cards.render import SETS, evaluation, render_set
+from data_cards.render import SETS, render_set
 
 logger = logging.getLogger(__name__)
 
@@ -17,13 +19,10 @@ STAGE = "cards"
 
 def run(run_dir: Path, *, seed: int, force: bool = False) -> store.Manifest:
     """Render cards/{sft,grpo}/ from the stage files of `run_dir`."""
-    inputs = {stage: store.input_hash(run_dir, stage) for stage, _ in card_facts.FUNNEL}
-    config_file = run_dir / card_facts.CONFIG_FILE
-    if config_file.is_file():
-        inputs["config"] = store.file_hash(config_file)
-    eval_json = run_dir / "eval" / "eval.json"
-    if eval_json.is_file():  # a finished eval adds its table to the cards
-        inputs["eval"] = store.file_hash(eval_json)
+    inputs = {stage: store.finished(run_dir, stage).hash() for stage, _ in card_facts.FUNNEL}
+    config_text = card_facts.curation_config(run_dir)
+    if config_text is not None:
+        inputs["config"] = hashlib.sha256(config_text.encode()).hexdigest()
     stage_dir = run_dir / STAGE
     key = store.stage_key({"seed": seed}, inputs)
     existing = None if force else store.complete_manifest(stage_dir, key)
@@ -42,9 +41,7 @@ def run(run_dir: Path, *, seed: int, force: bool = False) -> store.Manifest:
 
 
 def summary(run_dir: Path) -> str:
-    """A one-screen terminal summary of a run's cards."""
-    import json
-
+    """A one-screen terminal summary of a run's data cards."""
     lines = []
     for which in SETS:
         card_path = run_dir / STAGE / which / "README.md"
@@ -69,7 +66,4 @@ def summary(run_dir: Path) -> str:
     teacher = facts["teacher"]
     lines.append(f"teacher: {teacher['model']} ({teacher['backend']}), n={teacher['n']}, "
                  f"T={teacher['temperature']}; mean pass rate {facts['filter']['mean_pass_rate']:.2f}")
-    table = evaluation(run_dir)
-    if table:
-        lines += ["evaluation (eval/eval.json):", *table.splitlines()]
     return "\n".join(lines)

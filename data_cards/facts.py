@@ -19,6 +19,9 @@ FUNNEL = (("pull", "problems"), ("dedup", "problems"), ("generate", "samples"), 
           ("build", "GRPO problems"))
 PROCEDURAL_LICENSE = "apache-2.0"  # reasoning-gym's generators
 CONFIG_FILE = "config.yaml"
+# The keys of config.yaml that shape the data (student: its chat template); training keys stay out,
+# so a card describes the data alone and does not change when only training settings do.
+CURATION_KEYS = ("profile", "seed", "sources", "teacher", "filter", "dedup", "build", "student")
 
 
 def scrub(value: Any, run_dir: Path) -> Any:
@@ -43,11 +46,13 @@ def _stats(run_dir: Path, stage: str) -> dict[str, Any]:
     return json.loads((run_dir / stage / store.STATS).read_text())
 
 
-def _manifest(run_dir: Path, stage: str) -> store.Manifest:
-    manifest = store.complete_manifest(run_dir / stage)
-    if manifest is None:
-        raise store.StageInputError(f"stage {stage!r} has no complete output in {run_dir / stage}; run it first")
-    return manifest
+def curation_config(run_dir: Path) -> str | None:
+    """The curation part of the run's config.yaml (CURATION_KEYS) as YAML, or None without a config.yaml."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_dump({k: config[k] for k in CURATION_KEYS if k in config}, sort_keys=False)
 
 
 def sources(pull_config: dict[str, Any]) -> list[dict[str, str]]:
@@ -69,7 +74,7 @@ def sources(pull_config: dict[str, Any]) -> list[dict[str, str]]:
 
 def gather(run_dir: Path) -> dict[str, Any]:
     """Everything the cards say, from stats.json, manifest.json and config.yaml of each stage."""
-    manifests = {stage: _manifest(run_dir, stage) for stage, _ in FUNNEL}
+    manifests = {stage: store.finished(run_dir, stage).manifest for stage, _ in FUNNEL}
     funnel = []
     for stage, unit in FUNNEL:
         stats = _stats(run_dir, stage)
@@ -77,8 +82,7 @@ def gather(run_dir: Path) -> dict[str, Any]:
                        "rejected": stats["rejected"], "reasons": stats["reasons"]})
     dedup = _stats(run_dir, "dedup")
     generate = manifests["generate"].config
-    config_path = run_dir / CONFIG_FILE
-    config_text = config_path.read_text() if config_path.is_file() else None
+    config_text = curation_config(run_dir)
     return scrub({
         "dataset": run_dir.resolve().parent.name,
         "version": run_dir.resolve().name,

@@ -6,7 +6,6 @@ Each card folder is publishable as a Hub dataset repo: README.md plus data/{trai
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import polars as pl
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from curation import store
+from curation import build, store
 from data_cards import plots
 from data_cards.facts import scrub
 
@@ -76,17 +75,10 @@ def commands(facts: dict[str, Any]) -> list[str]:
     return [f"distillery {stage} --run {run} --config config.yaml" for stage in stages]
 
 
-def evaluation(run_dir: Path) -> str | None:
-    """The eval stage's markdown table when the run has an eval/eval.json, else None."""
-    from training import evaluate  # only runs that were trained and evaluated need it
-
-    return evaluate.markdown(run_dir)
-
-
 def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -> dict[str, Any]:
     """Write cards/<which>/ and return the card's facts (what card.json holds)."""
-    frame = (pl.read_parquet(run_dir / "build" / "sft.parquet") if which == "sft"
-             else store.read_data(run_dir, "build"))
+    built = store.finished(run_dir, "build")
+    frame = built.read(build.SFT) if which == "sft" else built.read()
     out = run_dir / "cards" / which
     sizes = {}
     for split in ("train", "validation"):
@@ -110,7 +102,6 @@ def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -
         "title": f"{facts['dataset']}: {which.upper()} set, version {facts['version']}",
         "set": which, "description": DESCRIPTIONS[which], "sizes": sizes, "facts": facts, "plots": made,
         "examples": _examples(frame, which, seed), "hashes": hashes, "commands": commands(facts), "seed": seed,
-        "evaluation": evaluation(run_dir),
     }
     card = scrub(card, run_dir)
     template = resources.files("data_cards").joinpath("template.md.j2").read_text()

@@ -16,7 +16,6 @@ from pathlib import Path
 from flows.stages import STAGE_HELP, STAGES
 
 
-
 class CliError(Exception):
     """A user error the CLI reports in one line, with exit status 2."""
 
@@ -64,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = model_sub.add_parser("check", help="greedy continuation and perplexity of a model",
                                  description="print a greedy continuation and a last line perplexity=X")
     check.add_argument("name", help="model name, e.g. gemma3-270m")
-    check.add_argument("--data-files", type=Path, default=Path("../shared/data/gsm8k/test.jsonl"),
-                       help="GSM8K test questions in the Hub's format (default: ../shared/data/gsm8k/test.jsonl)")
+    check.add_argument("--data-files", type=Path, default=None,
+                       help="a local GSM8K test file in the Hub's format (default: openai/gsm8k from the Hub)")
     check.add_argument("-n", type=int, default=50, help="questions for the perplexity (default 50)")
     return parser
 
@@ -129,10 +128,12 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    """`distillery card DIR`."""
+    """`distillery card DIR`: the data cards' summary, then the model card's eval table when eval has run."""
     from data_cards import cards
+    from flows import report
 
     print(cards.summary(args.dir))
+    print(report.model_card_lines(args.dir))
     return 0
 
 

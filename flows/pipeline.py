@@ -120,8 +120,6 @@ def curate_and_train(run_dir: str, config: Config, force: bool = False) -> list[
             results.append(_hand_off(stage, run_dir, config))
         else:
             results.append(STAGE_FLOWS[stage](run_dir=run_dir, config=config, force=force))
-    # The cards show the eval table, which exists only now: render them once more (cheap).
-    results.append(cards_flow(run_dir=run_dir, config=config))
     return results
 
 

@@ -24,6 +24,16 @@ def eval_table(run_dir: Path) -> str:
     return evaluate.markdown(run_dir) or f"no evaluation yet ({missing} is missing)"
 
 
+def model_card_lines(run_dir: Path) -> str:
+    """Where the exported model's card is, and its eval table; or a line saying eval has not written it."""
+    from training import export, model_card
+
+    card = run_dir / "grpo" / export.MODEL_DIR / model_card.README
+    if not card.is_file():
+        return f"model card: none yet ({card} is written by `distillery eval`)"
+    return f"model card: {card}\n{eval_table(run_dir)}"
+
+
 def stage_line(stage: str, run_dir: Path) -> str:
     """What a finished stage produced, in a line or a few, from its stats.json."""
     if stage == "cards":
@@ -60,9 +70,9 @@ def stage_line(stage: str, run_dir: Path) -> str:
 def final(run_dir: Path) -> str:
     """The closing summary of `distillery run` and `make run`."""
     lines = [f"run folder: {run_dir}",
-             f"SFT card: {run_dir / 'cards' / 'sft' / 'README.md'}",
-             f"GRPO card: {run_dir / 'cards' / 'grpo' / 'README.md'}",
-             "", eval_table(run_dir), ""]
+             f"SFT data card: {run_dir / 'cards' / 'sft' / 'README.md'}",
+             f"GRPO data card: {run_dir / 'cards' / 'grpo' / 'README.md'}",
+             model_card_lines(run_dir), ""]
     for stage in ("sft", "grpo"):
         if (run_dir / stage / "stats.json").is_file():
             lines.append(stage_line(stage, run_dir))

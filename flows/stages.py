@@ -44,8 +44,10 @@ def _dedup(run_dir: Path, config: Config, force: bool) -> store.Manifest:
 
 def _generate(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from curation import generate
+    from flows.secrets import teacher_api_key
 
-    return generate.run(run_dir, config.teacher, seed=config.seed, force=force)
+    return generate.run(run_dir, config.teacher, seed=config.seed, force=force,
+                        api_key=teacher_api_key(config.teacher))
 
 
 def _filter(run_dir: Path, config: Config, force: bool) -> store.Manifest:

@@ -63,7 +63,7 @@ def built_run(tmp_path_factory):
 
 
 def test_no_problem_is_in_both_splits(built_run):
-    for frame in (pl.read_parquet(built_run / "build" / "sft.parquet"), store.read_data(built_run, "build")):
+    for frame in (pl.read_parquet(built_run / "build" / "sft.parquet"), store.finished(built_run, "build").read()):
         by_split = frame.group_by("problem_id").agg(pl.col("split").n_unique())
         assert (by_split["split"] == 1).all()
         assert set(frame["split"]) == {"train", "validation"}
@@ -75,7 +75,7 @@ def test_every_sft_completion_passes_format_and_correctness(built_run):
     assert all(answers.format_problem(t) is None for t in traces)
     assert [c for c in sft["completion"]] == [t + "<end_of_turn>" for t in traces]
     assert all(p.startswith("<start_of_turn>user\n") and p.endswith("<start_of_turn>model\n") for p in sft["prompt"])
-    problems = store.read_data(built_run, "dedup").join(sft.select(pl.col("problem_id").alias("id")), on="id")
+    problems = store.finished(built_run, "dedup").read().join(sft.select(pl.col("problem_id").alias("id")), on="id")
     metas = dict(zip(problems["id"], problems["meta"]))
     verdict = verifier.verdicts(traces, sft["gold"].to_list(), sft["source"].to_list(),
                                 [metas[i] for i in sft["problem_id"]])
@@ -83,11 +83,11 @@ def test_every_sft_completion_passes_format_and_correctness(built_run):
 
 
 def test_grpo_set_drops_zero_advantage_problems_with_a_count(built_run):
-    grpo = store.read_data(built_run, "build")
+    grpo = store.finished(built_run, "build").read()
     rejected = pl.read_parquet(built_run / "build" / "rejected.parquet")
     assert grpo["pass_rate"].is_between(0, 1, closed="none").all()
     assert set(rejected["reject_reason"]) == {"zero_advantage_all_solved", "zero_advantage_none_solved"}
-    assert grpo.height + rejected.height == store.read_data(built_run, "dedup").height
+    assert grpo.height + rejected.height == store.finished(built_run, "dedup").read().height
     assert (grpo["difficulty"] == 1 - grpo["pass_rate"]).all()
 
 

@@ -14,6 +14,7 @@ and `eval/eval.json` ({"base": {"accuracy", "format", "n"}, "sft": ..., "grpo": 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,11 +27,12 @@ from typing import Any
 import polars as pl
 from tqdm.auto import tqdm
 
-from curation import build, store
+from curation import build, sources, store
 from curation.config import Config, HubSource, ProceduralSource
 from curation.schema import REJECT_COLUMNS
-from curation.sources import hub, procedural
-from training import rewards
+from curation.sources import procedural
+from training import model_card, rewards
+from training.export import MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +44,10 @@ ANSWER_END = "</answer>"
 
 # (prompts, temperature, seed) -> one continuation per prompt; temperature 0 is greedy.
 Generate = Callable[[list[str], float, int], list[Any]]
-# (run_dir, stage or None for the base model, config) -> training.models.LoadedModel
+# (run_dir, stage or None for the base model, config) -> models.registry.LoadedModel
 Loader = Callable[[Path, str | None, Config], Any]
+# (loaded model, config, label) -> Generate
+DecoderFactory = Callable[[Any, Config, str], Generate]
 
 ROW_SCHEMA = {"model": pl.String, "sample_idx": pl.Int32, "greedy": pl.Boolean, "problem_id": pl.String,
               "source": pl.String, "gold": pl.String, "completion": pl.String, "finish_reason": pl.String,
@@ -79,26 +83,14 @@ def _as_held_out(kept: pl.DataFrame) -> pl.DataFrame:
     return kept.select(pl.col("id").alias("problem_id"), "source", "problem", pl.col("answer").alias("gold"), "meta")
 
 
-def _load_set(source: ProceduralSource | HubSource, limit: int | None, seed: int) -> tuple[pl.DataFrame, int]:
-    """One configured eval set, at most `limit` problems: (held-out rows, rows rejected while loading)."""
-    if isinstance(source, ProceduralSource):
-        n = min(source.n, limit) if limit else source.n
-        kept, rejected = procedural.load(source.task, n, source.seed if source.seed is not None else seed,
-                                         **source.options)
-    else:
-        caps = [x for x in (source.limit, limit) if x is not None]
-        kept, rejected = hub.load(source.id, source.data_files, source.split, config=source.config,
-                                  revision=source.revision, limit=min(caps) if caps else None)
-    return _as_held_out(kept), rejected.height
-
-
 def held_out(run_dir: Path, config: Config) -> HeldOut:
     """The problems to evaluate on: `eval.sets`, else the build stage's GRPO validation split."""
     limit = config.eval.limit
     if config.eval.sets:
         parts, described = [], []
         for source in config.eval.sets:
-            frame, rejected = _load_set(source, limit, config.seed)
+            kept, rejected_rows = sources.load(source, config.seed, limit=limit)
+            frame, rejected = _as_held_out(kept), rejected_rows.height
             if rejected:
                 logger.warning("eval set %s: %d rows could not be read as problems", _name(source), rejected)
             parts.append(frame)
@@ -106,10 +98,8 @@ def held_out(run_dir: Path, config: Config) -> HeldOut:
         problems = pl.concat(parts)
         description = {"kind": "eval.sets", "sets": described}
     else:
-        grpo = store.read_data(run_dir, "build").filter(pl.col("split") == "validation")
-        grpo = grpo.head(limit) if limit else grpo
-        problems = rewards.with_meta(grpo, store.read_data(run_dir, "dedup")).select(
-            "problem_id", "source", "problem", "gold", "meta")
+        grpo = store.finished(run_dir, "build").read().filter(pl.col("split") == "validation")
+        problems = (grpo.head(limit) if limit else grpo).select("problem_id", "source", "problem", "gold", "meta")
         description = {"kind": "validation", "from": "build/data.parquet (GRPO validation split)"}
     if problems.is_empty():
         raise store.StageInputError(f"{run_dir}: no held-out problems ({description['kind']}); "
@@ -134,22 +124,22 @@ def _name(source: ProceduralSource | HubSource) -> str:
 
 def _overlap_with_train(run_dir: Path, problems: pl.DataFrame) -> int | None:
     """Held-out problems also in the GRPO train split (None when there is no build to compare with)."""
-    if store.complete_manifest(run_dir / "build") is None:
+    try:
+        built = store.finished(run_dir, "build")
+    except store.StageInputError:
         return None
-    train = store.read_data(run_dir, "build").filter(pl.col("split") == "train")["problem_id"]
+    train = built.read().filter(pl.col("split") == "train")["problem_id"]
     return int(problems["problem_id"].is_in(train.implode()).sum())
 
 
 def adapter_hash(run_dir: Path, stage: str) -> str | None:
     """The adapter hash from a training stage's complete manifest, or None when the stage is not complete."""
-    manifest = store.complete_manifest(run_dir / stage)
-    if manifest is None:
-        return None
     from training.lora import ADAPTER
 
-    if ADAPTER in manifest.outputs:
-        return manifest.outputs[ADAPTER]
-    return hashlib.sha256(json.dumps(manifest.outputs, sort_keys=True).encode()).hexdigest()
+    try:
+        return store.finished(run_dir, stage).hash(ADAPTER)
+    except store.StageInputError:
+        return None
 
 
 def end_of_turn(model: str) -> str:
@@ -168,9 +158,9 @@ def stop_ids(tokenizer: Any, model: str) -> tuple[int, ...]:
     return (tokenizer.eos_id(),) + ((end_id,) if end_id != tokenizer.unk_id() else ())
 
 
-def decoding(loaded: Any, config: Config, *, label: str) -> Generate:
+def decoding(loaded: Any, config: Config, label: str) -> Generate:
     """A Generate over a loaded model with `training.decode.Decoder`, eval.batch_size prompts at a time."""
-    from training.decode import Decoder
+    from models.decode import Decoder
 
     decoder = Decoder(loaded.model, loaded.tokenizer)
     tokenizer = loaded.tokenizer
@@ -296,10 +286,17 @@ def markdown(run_dir: Path) -> str | None:
     return table(found) if found is not None else None
 
 
-def run(run_dir: Path, config: Config, *, force: bool = False, load: Loader | None = None) -> store.Manifest:
-    """Run the eval stage on `run_dir`: base, SFT and GRPO students on the held-out set; write eval.json."""
+def run(run_dir: Path, config: Config, *, force: bool = False, load: Loader | None = None,
+        decoder: DecoderFactory | None = None) -> store.Manifest:
+    """Run the eval stage on `run_dir`: base, SFT and GRPO students on the held-out set.
+
+    Writes eval.json and, when the GRPO stage is complete, the exported model's card
+    (`grpo/model/README.md`). `load` and `decoder` default to the trained students
+    (`training.lora.load_student`) and `decoding` (the fast decode loop).
+    """
     if load is None:
         from training.lora import load_student as load
+    decoder = decoder or decoding
     held = held_out(run_dir, config)
     adapters = {stage: adapter_hash(run_dir, stage) for stage in ADAPTER_STAGES}
     missing = [stage for stage, digest in adapters.items() if digest is None]
@@ -307,13 +304,23 @@ def run(run_dir: Path, config: Config, *, force: bool = False, load: Loader | No
         logger.info("eval: no complete %s stage in %s; evaluating without it", " or ".join(missing), run_dir)
 
     def factory(name: str) -> Callable[[], Generate]:
-        return lambda: decoding(load(run_dir, None if name == "base" else name, config), config, label=name)
+        return lambda: decoder(load(run_dir, None if name == "base" else name, config), config, name)
 
     models = {name: factory(name) for name in MODELS if name not in missing}
     inputs = {"held_out": held.digest, **{stage: digest or "missing" for stage, digest in adapters.items()}}
     stage_config = {**config.eval.model_dump(mode="json"), "student": config.student.model, "seed": config.seed}
-    manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
-                               compute=lambda: evaluate(held, models, config, missing=missing))
+    card = run_dir / "grpo" / MODEL_DIR / model_card.README
+    carded = "grpo" not in missing
+
+    def compute() -> store.StageResult:
+        result = evaluate(held, models, config, missing=missing)
+        if carded:
+            payload = report(dataclasses.asdict(result.stats))
+            model_card.render(run_dir, config, payload, table(payload)).save(card)
+        return result
+
+    manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force, compute=compute,
+                               outputs=(f"../grpo/{MODEL_DIR}/{model_card.README}",) if carded else ())
     stats = json.loads((run_dir / STAGE / store.STATS).read_text())
     store.write_json(report(stats), run_dir / STAGE / EVAL_JSON)
     return manifest

@@ -7,11 +7,7 @@ The folder (`model.safetensors`, `config.json`, `tokenizer.model`) loads again w
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +15,11 @@ import numpy as np
 
 from curation import store
 from curation.config import LoraConfig
+from models.files import staged_folder
 
 logger = logging.getLogger(__name__)
+
+MODEL_DIR = "model"  # a training stage's exported Hugging Face folder, e.g. grpo/model/
 
 # How a LoRA pair (A, B) becomes a delta in the base weight's own layout, per wrapped module.
 _DELTA = {
@@ -106,18 +105,10 @@ def merged(loaded: Any, lora_model: Any, out_dir: Path, *, lora: LoraConfig) -> 
     from safetensors.numpy import save_file
 
     tensors = hf_tensors(merged_params(lora_model, lora), loaded.config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with staged_folder(out_dir) as staging:  # a killed export leaves no half-written model folder
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         store.write_json(hf_config(loaded.config), staging / "config.json")
         store.atomic_write_bytes(staging / "tokenizer.model", loaded.tokenizer.serialized_model_proto())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)  # a killed export leaves only a staging folder
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("exported the merged model (%d tensors) to %s", len(tensors), out_dir)
     return ["model.safetensors", "config.json", "tokenizer.model"]
 

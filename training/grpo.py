@@ -21,13 +21,14 @@ import polars as pl
 
 from curation import store
 from curation.config import Config
-from training import evaluate, export, lora, mesh, models, sft
-from training.decode import cut_at_stop
+from models import registry
+from models.decode import cut_at_stop
+from training import evaluate, export, lora, mesh, rewards, sft
 
 logger = logging.getLogger(__name__)
 
 STAGE = "grpo"
-MODEL_DIR = "model"
+MODEL_DIR = export.MODEL_DIR
 MODEL_FILES = tuple(f"{MODEL_DIR}/{name}" for name in ("model.safetensors", "config.json", "tokenizer.model"))
 
 
@@ -76,22 +77,6 @@ def batches(frame: pl.DataFrame, *, steps: int, batch_size: int, seed: int) -> l
         columns["meta"] = frame["meta"].to_numpy()
     return [{name: values[order[s * batch_size : (s + 1) * batch_size]] for name, values in columns.items()}
             for s in range(steps)]
-
-
-def with_meta(run_dir: Path, frame: pl.DataFrame) -> pl.DataFrame:
-    """The prompts with their problem's `meta` from the dedup stage, when the run has one (rewards need it)."""
-    if store.complete_manifest(run_dir / "dedup") is None:
-        return frame
-    from training import rewards
-
-    return rewards.with_meta(frame, store.read_data(run_dir, "dedup"))
-
-
-def reward_fns() -> list:
-    """The GRPO rewards (format + correctness), from training.rewards."""
-    from training import rewards
-
-    return rewards.reward_fns()
 
 
 class _StepRecorder:
@@ -150,8 +135,8 @@ def _cluster(actor: Any, reference: Any, tokenizer: Any, config: Config, folder:
     return rlc.RLCluster(actor=actor, reference=reference, tokenizer=tokenizer, cluster_config=cluster_config)
 
 
-def train(loaded: models.LoadedModel, actor: Any, kept: pl.DataFrame, stage_dir: Path, config: Config, *,
-          key: str, force: bool) -> tuple[Any, GrpoStats]:
+def train(loaded: registry.LoadedModel, actor: Any, kept: pl.DataFrame, stage_dir: Path, config: Config, *,
+          key: str, force: bool, reward_fns: list[rewards.RewardFn]) -> tuple[Any, GrpoStats]:
     """GRPO on the kept prompts; returns (trained LoRA actor, stats without row counts)."""
     from tunix.rl.grpo import grpo_learner
 
@@ -168,7 +153,7 @@ def train(loaded: models.LoadedModel, actor: Any, kept: pl.DataFrame, stage_dir:
     cluster = _cluster(actor, loaded.model, loaded.tokenizer, config, folder)
     trainer = cluster.actor_trainer
     algo = grpo_learner.GRPOConfig(num_generations=grpo.num_generations, beta=grpo.beta, epsilon=grpo.epsilon)
-    learner = grpo_learner.GRPOLearner(rl_cluster=cluster, algo_config=algo, reward_fns=recorder.wrap(reward_fns()))
+    learner = grpo_learner.GRPOLearner(rl_cluster=cluster, algo_config=algo, reward_fns=recorder.wrap(reward_fns))
     stats.resumed_from = trainer.train_steps
     log.resume_at(trainer.train_steps)
     if trainer.train_steps:
@@ -195,17 +180,18 @@ def train(loaded: models.LoadedModel, actor: Any, kept: pl.DataFrame, stage_dir:
     return trainer.model, stats
 
 
-def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.StageResult:
+def compute(run_dir: Path, config: Config, *, key: str, force: bool, reward_fns: list[rewards.RewardFn]
+            ) -> store.StageResult:
     """Reject long prompts, run GRPO from the SFT adapter, write the adapter and the merged model."""
     started = time.time()
-    frame = with_meta(run_dir, store.read_data(run_dir, "build").filter(pl.col("split") == "train"))
-    loaded = models.load(config.student.model, seed=config.seed)
+    frame = store.finished(run_dir, "build").read().filter(pl.col("split") == "train")
+    loaded = registry.load(config.student.model, seed=config.seed)
     kept, rejected = split_too_long(prompt_lengths(frame, loaded.tokenizer), config.grpo.max_prompt_length)
     stage_dir = run_dir / STAGE
     stage_dir.mkdir(parents=True, exist_ok=True)
     actor = lora.load_into(loaded.model, run_dir / sft.STAGE / lora.ADAPTER, config=config.sft.lora,
                            seed=config.seed)
-    actor, stats = train(loaded, actor, kept, stage_dir, config, key=key, force=force)
+    actor, stats = train(loaded, actor, kept, stage_dir, config, key=key, force=force, reward_fns=reward_fns)
     lora.save(actor, stage_dir / lora.ADAPTER, config=config.sft.lora, base=config.student.model)
     export.merged(loaded, actor, stage_dir / MODEL_DIR, lora=config.sft.lora)
     stats.rows_in, stats.kept, stats.rejected = frame.height, kept.height, rejected.height
@@ -217,16 +203,19 @@ def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.St
                              extra={"metrics": metrics})
 
 
-def run(run_dir: Path, config: Config, *, force: bool = False) -> store.Manifest:
-    """Run the GRPO stage on `run_dir/build` from the SFT adapter, unless complete with the same key."""
-    adapter = run_dir / sft.STAGE / lora.ADAPTER
-    if store.complete_manifest(run_dir / sft.STAGE) is None or not adapter.is_file():
-        raise store.StageInputError(f"stage 'sft' has no complete output in {run_dir / sft.STAGE}; run it first")
-    inputs = {"build": store.input_hash(run_dir, "build"), "sft_adapter": store.file_hash(adapter),
-              "student": config.student.model}
+def run(run_dir: Path, config: Config, *, force: bool = False,
+        reward_fns: list[rewards.RewardFn] | None = None) -> store.Manifest:
+    """Run the GRPO stage on `run_dir/build` from the SFT adapter, unless complete with the same key.
+
+    `reward_fns` (Tunix's signature, summed) default to `training.rewards.reward_fns()`:
+    format, partial format and the curation verdict.
+    """
+    fns = rewards.reward_fns() if reward_fns is None else reward_fns
+    inputs = {"build": store.finished(run_dir, "build").hash(),
+              "sft_adapter": store.finished(run_dir, sft.STAGE).hash(lora.ADAPTER), "student": config.student.model}
     stage_config = {"grpo": config.grpo.model_dump(mode="json"), "lora": config.sft.lora.model_dump(mode="json"),
                     "seed": config.seed, "mesh": config.mesh.model_dump(mode="json")}
     key = store.stage_key(stage_config, inputs)
     return store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
-                           compute=lambda: compute(run_dir, config, key=key, force=force),
+                           compute=lambda: compute(run_dir, config, key=key, force=force, reward_fns=fns),
                            outputs=(lora.ADAPTER, *MODEL_FILES))

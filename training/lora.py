@@ -16,7 +16,7 @@ import numpy as np
 
 from curation import store
 from curation.config import Config, LoraConfig
-from training import models
+from models import registry
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +99,15 @@ def load_into(model: Any, path: Path, *, config: LoraConfig, seed: int = 0) -> A
     return lora_model
 
 
-def load_student(run_dir: Path, stage: str | None, config: Config) -> models.LoadedModel:
+def load_student(run_dir: Path, stage: str | None, config: Config) -> registry.LoadedModel:
     """The student: the base model (stage None), or base + the final adapter of stage "sft"/"grpo".
 
     The adapter comes back merged into a plain Tunix model: qwix's LoRA modules set attributes
-    when called, so they fail inside a `jax.jit` that closes over them (models.teacher_forced).
+    when called, so they fail inside a `jax.jit` that closes over them (likelihood.teacher_forced).
     """
     from training import export
 
-    base = models.load(config.student.model, seed=config.seed)
+    base = registry.load(config.student.model, seed=config.seed)
     if stage is None:
         return base
     if stage not in STAGES:
@@ -116,5 +116,5 @@ def load_student(run_dir: Path, stage: str | None, config: Config) -> models.Loa
     lora_config = config.sft.lora  # GRPO trains the SFT adapter further: one LoRA shape for both
     lora_model = load_into(base.model, path, config=lora_config, seed=config.seed)
     plain = export.merged_model(base, lora_model, lora=lora_config)
-    return models.LoadedModel(name=f"{base.name}+{stage}", model=plain, tokenizer=base.tokenizer,
+    return registry.LoadedModel(name=f"{base.name}+{stage}", model=plain, tokenizer=base.tokenizer,
                               config=base.config, source=f"{base.source} + {path}")

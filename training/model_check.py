@@ -10,21 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from curation.sources import hub
-from training import decode, models
+from models import decode, likelihood, registry
 
 PROMPT = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
-DEFAULT_QUESTIONS = Path("../shared/data/gsm8k/test.jsonl")
 
 
-def questions(data_files: Path, n: int = 50) -> list[str]:
-    """The first n GSM8K questions of a local file in the Hub's format."""
+def questions(data_files: Path | None, n: int = 50) -> list[str]:
+    """The first n GSM8K test questions: from the Hub (`openai/gsm8k`), or a local file in its format."""
     kept, _ = hub.load("openai/gsm8k", data_files=data_files, split="test", limit=n)
     return kept["problem"].to_list()
 
 
-def check(name: str, data_files: Path = DEFAULT_QUESTIONS, n: int = 50) -> tuple[str, float]:
+def check(name: str, data_files: Path | None = None, n: int = 50) -> tuple[str, float]:
     """(greedy continuation of PROMPT, perplexity on the first n questions)."""
-    loaded = models.load(name)
+    loaded = registry.load(name)
     continuation = decode.Decoder(loaded.model, loaded.tokenizer).generate(
         [PROMPT], max_new_tokens=32, temperature=0.0)[0].text
-    return continuation, models.perplexity(models.token_nll(loaded, questions(data_files, n)))
+    return continuation, likelihood.perplexity(likelihood.token_nll(loaded, questions(data_files, n)))

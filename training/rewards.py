@@ -9,7 +9,7 @@ is not an answer.
 
 Every reward has Tunix's signature `fn(prompts, completions, **kwargs) -> list[float]`;
 Tunix passes the GRPO set's other columns as kwargs: `gold`, `source` and, for procedural
-sources, `meta` (the problem's generator entry; see `with_meta`).
+sources, `meta` (the problem's generator entry, carried by the build stage).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import polars as pl
 
 from curation import answers, verifier
 
@@ -29,7 +27,6 @@ CORRECT_REWARD = 1.0
 FORMAT_REWARD = 0.5
 # Per tag that appears exactly once: a gradient towards the format before a model meets it whole.
 PARTIAL_TAG_REWARD = 0.125
-TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 
 Verdict = tuple[bool, bool]  # (formatted, correct)
 RewardFn = Callable[..., list[float]]
@@ -95,7 +92,7 @@ def format_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> 
 
 def partial_format_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
     """PARTIAL_TAG_REWARD for each of the four tags that appears exactly once."""
-    return [PARTIAL_TAG_REWARD * sum((c or "").count(tag) == 1 for tag in TAGS) for c in completions]
+    return [PARTIAL_TAG_REWARD * sum((c or "").count(tag) == 1 for tag in answers.TAGS) for c in completions]
 
 
 def correctness_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
@@ -108,14 +105,3 @@ def correctness_reward(prompts: list[str], completions: list[str], **kwargs: Any
 def reward_fns() -> list[RewardFn]:
     """The GRPO rewards, summed by Tunix: format, partial format, correctness."""
     return [format_reward, partial_format_reward, correctness_reward]
-
-
-def with_meta(frame: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
-    """Rows keyed by `problem_id` with their problem's `meta` (dedup stage's `id`, `meta`), for the rewards."""
-    joined = frame.join(problems.select(pl.col("id").alias("problem_id"), "meta"), on="problem_id", how="left",
-                        maintain_order="left")
-    lacking = joined.filter(pl.col("meta").is_null() & pl.col("source").str.starts_with("procedural/"))
-    if lacking.height:
-        raise ValueError(f"{lacking.height} procedural rows have no problem meta, e.g. problem_id "
-                         f"{lacking['problem_id'][0]!r}: are the problems from the same run?")
-    return joined

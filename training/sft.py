@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation import store
+from curation import build, store
 from curation.config import Config
-from training import lora, mesh, models
+from models import registry
+from training import lora, mesh
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class SftStats(store.StageStats):
     final_loss: float | None = None
     final_eval_loss: float | None = None
     tokens_per_s: float = 0.0
+    train_step_compiles: int = 0  # more than 1 means a shape changed mid-run: each recompile costs minutes at scale
 
 
 def encode(frame: pl.DataFrame, tokenizer: Any, max_length: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -240,7 +242,14 @@ def _trainer_class():
     return Trainer
 
 
-def train(loaded: models.LoadedModel, kept: pl.DataFrame, stage_dir: Path, config: Config, *, key: str,
+def _compiles(trainer: Any) -> int:
+    """How many programs the trainer's jitted train step compiled (Tunix logs the same cache size)."""
+    step = trainer._jitted_train_step_fn
+    jitted = getattr(getattr(step, "func", None), "jitted_fn", None)
+    return jitted._cache_size() if jitted is not None else 0
+
+
+def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, config: Config, *, key: str,
           force: bool) -> tuple[Any, SftStats]:
     """Train the LoRA adapter on the kept rows; returns (LoRA model, stats without row counts)."""
     import optax
@@ -285,6 +294,7 @@ def train(loaded: models.LoadedModel, kept: pl.DataFrame, stage_dir: Path, confi
     table = log.table()
     done = table.filter(pl.col("loss").is_not_null())
     stats.steps = trainer.train_steps
+    stats.train_step_compiles = _compiles(trainer)
     stats.train_tokens = int(done["tokens"].sum()) if done.height else 0
     seconds = time.perf_counter() - started
     stats.tokens_per_s = round(sum(log.tokens_per_step[stats.resumed_from:]) / seconds, 2) if seconds else 0.0
@@ -297,8 +307,8 @@ def train(loaded: models.LoadedModel, kept: pl.DataFrame, stage_dir: Path, confi
 def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.StageResult:
     """Encode, reject too-long rows, train, write the adapter; the tables for run_stage."""
     started = time.time()
-    frame = pl.read_parquet(run_dir / "build" / "sft.parquet")
-    loaded = models.load(config.student.model, seed=config.seed)
+    frame = store.finished(run_dir, "build").read(build.SFT)
+    loaded = registry.load(config.student.model, seed=config.seed)
     kept, rejected = encode(frame, loaded.tokenizer, config.sft.max_length)
     stage_dir = run_dir / STAGE
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -315,10 +325,7 @@ def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.St
 
 def run(run_dir: Path, config: Config, *, force: bool = False) -> store.Manifest:
     """Run the SFT stage on `run_dir/build/sft.parquet` unless a complete output with the same key exists."""
-    source = run_dir / "build" / "sft.parquet"
-    if not source.is_file():
-        raise store.StageInputError(f"{source} not found; run the build stage first")
-    inputs = {"build_sft": store.file_hash(source), "student": config.student.model}
+    inputs = {"build_sft": store.finished(run_dir, "build").hash(build.SFT), "student": config.student.model}
     stage_config = {"sft": config.sft.model_dump(mode="json"), "seed": config.seed,
                     "mesh": config.mesh.model_dump(mode="json")}
     key = store.stage_key(stage_config, inputs)

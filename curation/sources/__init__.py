@@ -1,0 +1,27 @@
+"""Problem sources, one module per kind (`procedural`, `hub`), and `load`: one configured source."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from curation.config import HubSource, ProceduralSource
+
+
+def load(spec: ProceduralSource | HubSource, seed: int, *, limit: int | None = None
+         ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(kept, rejected) problems of one configured source; `seed` applies when the spec sets none.
+
+    `limit` caps the rows on top of the spec's own `n` or `limit` (the smaller wins).
+    """
+    from curation.config import ProceduralSource
+    from curation.sources import hub, procedural
+
+    if isinstance(spec, ProceduralSource):
+        n = min(spec.n, limit) if limit else spec.n
+        return procedural.load(spec.task, n, spec.seed if spec.seed is not None else seed, **spec.options)
+    caps = [x for x in (spec.limit, limit) if x is not None]
+    return hub.load(spec.id, spec.data_files, spec.split, config=spec.config, revision=spec.revision,
+                    limit=min(caps) if caps else None)

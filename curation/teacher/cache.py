@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from curation.teacher import Completion
 
@@ -75,3 +78,45 @@ def from_entry(prompt_idx: int, sample_idx: int, entry: dict[str, Any]) -> Compl
                       finish_reason=entry["finish_reason"], prompt_tokens=entry["prompt_tokens"],
                       completion_tokens=entry["completion_tokens"], latency_s=entry["latency_s"],
                       attempts=entry.get("attempts", 1), cached=True)
+
+
+class Ledger:
+    """One `generate` call's samples: cached ones up front, new ones recorded (and cached) as they land.
+
+    Shared by every teacher backend, so all resume the same way and show the same
+    progress bar (samples done, tokens per second).
+    """
+
+    def __init__(self, cache: RequestCache | None, model: str, prompts: list[Any], params: dict[str, Any], n: int,
+                 *, progress: bool = True):
+        self.cache, self.n, self.prompts = cache, n, len(prompts)
+        self.results: dict[tuple[int, int], Completion] = {}
+        self.keys: dict[tuple[int, int], str] = {}
+        self.missing: list[tuple[int, int]] = []  # (prompt, sample) the cache did not have, in order
+        for p, prompt in enumerate(prompts):
+            for s in range(n):
+                key = self.keys[p, s] = request_key(model, prompt, params, s)
+                hit = cache.get(key) if cache is not None else None
+                if hit is not None:
+                    self.results[p, s] = from_entry(p, s, hit)
+                else:
+                    self.missing.append((p, s))
+        self._bar = tqdm(total=len(prompts) * n, initial=len(self.results), desc=f"teacher {model}", unit="sample",
+                         disable=not progress, dynamic_ncols=True)
+        self._tokens, self._started = 0, time.perf_counter()
+
+    def record(self, completion: Completion) -> None:
+        """Keep a new sample; a finished one (no error) goes to the cache at once."""
+        where = (completion.prompt_idx, completion.sample_idx)
+        self.results[where] = completion
+        if self.cache is not None and completion.error is None:
+            self.cache.put(self.keys[where], to_entry(completion))
+        self._tokens += completion.completion_tokens or 0
+        self._bar.update(1)
+        rate = self._tokens / max(1e-9, time.perf_counter() - self._started)
+        self._bar.set_postfix(tok_per_s=f"{rate:.0f}", refresh=False)
+
+    def completions(self) -> list[Completion]:
+        """Every sample, ordered by (prompt, sample); closes the progress bar."""
+        self._bar.close()
+        return [self.results[p, s] for p in range(self.prompts) for s in range(self.n)]

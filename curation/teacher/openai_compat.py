@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import openai
-from tqdm.auto import tqdm
 
 from curation.teacher import Completion, Prompt, SamplingParams, close_answer
-from curation.teacher.cache import RequestCache, from_entry, request_key, to_entry
+from curation.teacher.cache import Ledger, RequestCache
 from curation.teacher.prompts import COMPLETION_STOPS
 
 logger = logging.getLogger(__name__)
@@ -105,29 +104,14 @@ class OpenAITeacher:
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s,
                                     max_retries=0)
         semaphore = asyncio.Semaphore(self.concurrency)
-        results: dict[tuple[int, int], Completion] = {}
-        jobs: list[tuple[int, list[int]]] = []
-        payload_params = self._params_payload(params)
-        keys = {}
-        for p, prompt in enumerate(prompts):
-            payload = self._prompt_payload(prompt)
-            missing = []
-            for s in range(params.n):
-                keys[p, s] = request_key(self.name, payload, payload_params, s)
-                hit = self.cache.get(keys[p, s]) if self.cache is not None else None
-                if hit is not None:
-                    results[p, s] = from_entry(p, s, hit)
-                else:
-                    missing.append(s)
-            if missing:
-                jobs += [(p, missing)] if self.native_n else [(p, [s]) for s in missing]
-        bar = tqdm(total=len(prompts) * params.n, initial=len(results), desc=f"teacher {self.name}",
-                   unit="sample", disable=not self.progress, dynamic_ncols=True)
-        tokens = 0
-        started = time.perf_counter()
+        ledger = Ledger(self.cache, self.name, [self._prompt_payload(p) for p in prompts], self._params_payload(params),
+                        params.n, progress=self.progress)
+        by_prompt: dict[int, list[int]] = {}
+        for p, s in ledger.missing:
+            by_prompt.setdefault(p, []).append(s)
+        jobs = list(by_prompt.items()) if self.native_n else [(p, [s]) for p, s in ledger.missing]
 
         async def run(p: int, samples: list[int]) -> None:
-            nonlocal tokens
             async with semaphore:
                 done = await self._ask(client, prompts[p], p, samples, params)
             # A server that ignores `n` returns fewer choices: ask for the rest one by one.
@@ -135,20 +119,14 @@ class OpenAITeacher:
             if short:
                 self.native_n = False
                 await asyncio.gather(*(run(p, [s]) for s in short))
-            for s, completion in done.items():
-                results[p, s] = completion
-                if self.cache is not None and completion.error is None:
-                    self.cache.put(keys[p, s], to_entry(completion))
-                tokens += completion.completion_tokens or 0
-                bar.update(1)
-            bar.set_postfix(tok_per_s=f"{tokens / max(1e-9, time.perf_counter() - started):.0f}", refresh=False)
+            for completion in done.values():
+                ledger.record(completion)
 
         try:
             await asyncio.gather(*(run(p, samples) for p, samples in jobs))
         finally:
-            bar.close()
             await client.close()
-        return [results[p, s] for p in range(len(prompts)) for s in range(params.n)]
+        return ledger.completions()
 
     async def _ask(self, client: openai.AsyncOpenAI, prompt: Prompt, p: int, samples: list[int],
                    params: SamplingParams) -> dict[int, Completion]:

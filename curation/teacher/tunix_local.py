@@ -1,7 +1,7 @@
 """The embedded teacher: n samples per prompt from a Tunix model on this machine, batched wide.
 
 Few-shot completion prompts (base models need the examples), decoded with
-`training.decode.Decoder`, `batch_size` rows at a time, stopping at `</answer>`. Finished
+`models.decode.Decoder`, `batch_size` rows at a time, stopping at `</answer>`. Finished
 samples go to the same request cache as the OpenAI-compatible teacher, so a killed run
 resumes.
 """
@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import time
 
-from tqdm.auto import tqdm
-
 from curation.teacher import Completion, Prompt, SamplingParams
-from curation.teacher.cache import RequestCache, from_entry, request_key, to_entry
+from curation.teacher.cache import Ledger, RequestCache
 from curation.teacher.prompts import COMPLETION_STOPS
 
 
 class TunixTeacher:
-    """`Teacher` over a loaded Tunix model (`training.models.load`)."""
+    """`Teacher` over a loaded Tunix model (`models.registry.load`)."""
 
     def __init__(self, loaded, *, batch_size: int = 32, cache: RequestCache | None = None, seed: int = 0,
                  progress: bool = True):
-        from training.decode import Decoder
+        from models.decode import Decoder
 
         self.name = loaded.name
         self.decoder = Decoder(loaded.model, loaded.tokenizer)
@@ -37,44 +35,25 @@ class TunixTeacher:
         stops = params.stop + COMPLETION_STOPS
         payload = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
                    "stop": list(stops), "style": "completion"}
-        results: dict[tuple[int, int], Completion] = {}
-        todo = []
-        for p, prompt in enumerate(prompts):
-            for s in range(params.n):
-                key = request_key(self.name, prompt.text, payload, s)
-                hit = self.cache.get(key) if self.cache is not None else None
-                if hit is not None:
-                    results[p, s] = from_entry(p, s, hit)
-                else:
-                    todo.append((p, s, key))
+        ledger = Ledger(self.cache, self.name, [p.text for p in prompts], payload, params.n, progress=self.progress)
         # One batch per few-shot header where possible (the decoder computes a shared start once),
         # and similar lengths together (less padding).
-        todo.sort(key=lambda item: (_header(prompts[item[0]]), len(prompts[item[0]].text)))
-        bar = tqdm(total=len(prompts) * params.n, initial=len(results), desc=f"teacher {self.name}", unit="sample",
-                   disable=not self.progress, dynamic_ncols=True)
-        tokens, started = 0, time.perf_counter()
+        todo = sorted(ledger.missing, key=lambda item: (_header(prompts[item[0]]), len(prompts[item[0]].text)))
         for lo in range(0, len(todo), self.batch_size):
             batch = todo[lo : lo + self.batch_size]
             began = time.perf_counter()
-            out = self.decoder.generate([prompts[p].text for p, _, _ in batch], max_new_tokens=params.max_new_tokens,
+            out = self.decoder.generate([prompts[p].text for p, _ in batch], max_new_tokens=params.max_new_tokens,
                                         temperature=params.temperature, top_p=params.top_p, stop=stops,
                                         seed=self.seed * 1_000_003 + lo)
             self.requests_sent += 1
             latency = (time.perf_counter() - began) / len(batch)
-            for (p, s, key), generated in zip(batch, out):
+            for (p, s), generated in zip(batch, out):
                 text = prompts[p].text_prefix + _strip_stops(generated.text, COMPLETION_STOPS)
-                completion = Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=generated.finish_reason,
-                                        prompt_tokens=generated.prompt_tokens,
-                                        completion_tokens=generated.completion_tokens, latency_s=latency, attempts=1,
-                                        cached=False)
-                results[p, s] = completion
-                tokens += generated.completion_tokens
-                if self.cache is not None:
-                    self.cache.put(key, to_entry(completion))
-            bar.update(len(batch))
-            bar.set_postfix(tok_per_s=f"{tokens / max(1e-9, time.perf_counter() - started):.0f}", refresh=False)
-        bar.close()
-        return [results[p, s] for p in range(len(prompts)) for s in range(params.n)]
+                ledger.record(Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=generated.finish_reason,
+                                         prompt_tokens=generated.prompt_tokens,
+                                         completion_tokens=generated.completion_tokens, latency_s=latency,
+                                         attempts=1, cached=False))
+        return ledger.completions()
 
 
 def _header(prompt: Prompt) -> tuple[str, ...]:

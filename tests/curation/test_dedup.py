@@ -166,12 +166,12 @@ def test_refresh_keeps_only_rows_new_to_earlier_versions(tmp_path, shared_data):
     gsm = shared_data / "gsm8k" / "train.jsonl"
     first = tmp_path / "gsm" / "v1"
     _pull_and_dedup(first, [HubSource(id="openai/gsm8k", data_files=str(gsm), limit=900)], DedupConfig())
-    v1_kept = store.read_data(first, "dedup")
+    v1_kept = store.finished(first, "dedup").read()
     second = tmp_path / "gsm" / "v2"  # 90% already in v1, 10% new
     manifest = _pull_and_dedup(second, [HubSource(id="openai/gsm8k", data_files=str(gsm), limit=1000)],
                                DedupConfig())
-    v2_kept = store.read_data(second, "dedup")
-    new_rows = store.read_data(second, "pull").filter(~pl.col("id").is_in(v1_kept["id"].implode()))
+    v2_kept = store.finished(second, "dedup").read()
+    new_rows = store.finished(second, "pull").read().filter(~pl.col("id").is_in(v1_kept["id"].implode()))
     assert set(v2_kept["id"]) <= set(new_rows["id"])
     assert v2_kept.height >= 95  # the 100 new rows, less any duplicates among them
     rejected = pl.read_parquet(second / "dedup" / "rejected.parquet")
@@ -219,5 +219,5 @@ def test_redis_index_gives_the_same_refresh_result_as_the_local_one(tmp_path, re
         _pull_and_dedup(tmp_path / backend / "v2", sources_v2, config)
         rejected = pl.read_parquet(tmp_path / backend / "v2" / "dedup" / "rejected.parquet")
         assert rejected.filter(pl.col("reject_reason") == "in_earlier_version").height == 40
-        kept[backend] = sorted(store.read_data(tmp_path / backend / "v2", "dedup")["id"])
+        kept[backend] = sorted(store.finished(tmp_path / backend / "v2", "dedup").read()["id"])
     assert kept["redis"] == kept["local"] and 0 < len(kept["local"]) <= 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import subprocess
@@ -123,13 +124,21 @@ def _prepared_run(tmp_path, n: int = 10):
 
 def test_generate_stage_writes_every_sample_and_counts_errors(tmp_path):
     run = _prepared_run(tmp_path)
-    with FakeOpenAI(faults=lambda key, attempt: "500" if key.startswith(("0", "1")) else None) as server:
+    problems = store.finished(run, "dedup").read()
+    # The fake server keys faults by the request's messages: make the first three problems always fail.
+    doomed_ids = problems["id"].to_list()[:3]
+    doomed = {hashlib.sha256(json.dumps(list(prompts.build(p, s).messages), sort_keys=True).encode()).hexdigest()
+              for p, s in problems.filter(pl.col("id").is_in(doomed_ids)).select("problem", "source").iter_rows()}
+    with FakeOpenAI(faults=lambda key, attempt: "500" if key in doomed else None) as server:
         config = TeacherConfig(backend="openai", base_url=server.base_url, model="fake", n=2, max_attempts=2)
         generate.run(run, config)
-    kept = store.read_data(run, "generate")
+    kept = store.finished(run, "generate").read()
     rejected = pl.read_parquet(run / "generate" / "rejected.parquet")
-    assert kept.height + rejected.height == 20
-    assert set(rejected["reject_reason"]) <= {"teacher_error"}
+    assert kept.height == 14 and rejected.height == 6  # 2 samples each of 7 good and 3 doomed problems
+    assert sorted(rejected["problem_id"].unique()) == sorted(doomed_ids)
+    assert rejected["reject_reason"].to_list() == ["teacher_error"] * 6
+    assert rejected["reject_detail"].str.starts_with("InternalServerError: HTTP 500").all()
+    assert (rejected["attempts"] == 2).all()  # max_attempts, then a counted reject
     assert kept["error"].is_null().all() and kept["completion"].is_not_null().all()
     stats = json.loads((run / "generate" / "stats.json").read_text())
     assert stats["samples_per_problem"] == 2 and stats["teacher"] == "fake"
@@ -156,7 +165,7 @@ def test_cli_generate_against_a_flaky_server_then_resume_after_a_kill(tmp_path):
         requests_before = server.requests
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    kept = store.read_data(run, "generate")
+    kept = store.finished(run, "generate").read()
     assert kept.height == 60 and pl.read_parquet(run / "generate" / "rejected.parquet").is_empty()
     assert kept.filter(pl.col("cached")).height >= len(cached_before)
     stats = json.loads((run / "generate" / "stats.json").read_text())

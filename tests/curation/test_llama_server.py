@@ -98,7 +98,7 @@ def test_generate_and_filter_on_a_real_server_killed_once(tmp_path, gguf):
 
     filters.run(run, FilterConfig())
     filter_stats = json.loads((run / "filter" / "stats.json").read_text())
-    traces = store.read_data(run, "filter")
+    traces = store.finished(run, "filter").read()
     rejected = pl.read_parquet(run / "filter" / "rejected.parquet")
     assert traces.height + rejected.height == 40
     assert sum(filter_stats["reasons"].values()) == rejected.height

@@ -44,7 +44,7 @@ def test_changed_local_file_changes_the_key_and_recomputes(tmp_path):
     write_jsonl(path, [{"question": "2+3?", "answer": "#### 5"}])
     second = pull.run(tmp_path / "run", config)
     assert first.key != second.key
-    assert store.read_data(tmp_path / "run", "pull")["answer"].to_list() == ["5"]
+    assert store.finished(tmp_path / "run", "pull").read()["answer"].to_list() == ["5"]
 
 
 def test_rejected_rows_land_in_rejected_parquet(tmp_path):

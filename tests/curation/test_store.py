@@ -80,10 +80,10 @@ def test_rows_that_do_not_add_up_fail_the_stage(tmp_path):
 
 def test_downstream_reads_need_a_complete_stage(tmp_path):
     with pytest.raises(store.StageInputError, match="'pull'.*run it first"):
-        store.read_data(tmp_path, "pull")
+        store.finished(tmp_path, "pull").read()
     store.run_stage(tmp_path, "pull", config={}, inputs={}, compute=_result)
-    assert store.read_data(tmp_path, "pull").height == 3
-    assert store.input_hash(tmp_path, "pull") == store.file_hash(tmp_path / "pull" / "data.parquet")
+    assert store.finished(tmp_path, "pull").read().height == 3
+    assert store.finished(tmp_path, "pull").hash() == store.file_hash(tmp_path / "pull" / "data.parquet")
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):

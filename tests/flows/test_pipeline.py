@@ -11,6 +11,7 @@ from curation import store
 from curation.config import load_config
 from curation.sources import procedural
 from flows import stages
+from flows.secrets import SecretError
 from tests.conftest import write_jsonl
 from tests.support.fake_openai import FakeOpenAI
 
@@ -69,7 +70,8 @@ def test_curate_and_train_resumes_at_the_failed_stage(prefect_api, tmp_path, mon
 
         results = pipeline.curate_and_train(run_dir=str(run_dir), config=config)
 
-    skipped = {r["stage"]: r["skipped"] for r in results[: len(stages.STAGES)]}
+    assert [r["stage"] for r in results] == list(stages.STAGES)  # each stage once: no second cards pass
+    skipped = {r["stage"]: r["skipped"] for r in results}
     assert skipped == {"pull": True, "dedup": True, **{s: False for s in stages.STAGES[2:]}}
     assert store.Manifest.read(run_dir / "pull" / "manifest.json") == pull_manifest
     assert len(calls) == 2
@@ -78,7 +80,8 @@ def test_curate_and_train_resumes_at_the_failed_stage(prefect_api, tmp_path, mon
     assert json.loads((run_dir / "filter" / "stats.json").read_text())["kept"] > 0  # SFT had traces to learn
     evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert {"base", "sft", "grpo"} <= evaluation.keys()
-    assert "| base |" in (run_dir / "cards" / "grpo" / "README.md").read_text()  # cards re-rendered with eval
+    assert "| base |" in (run_dir / "grpo" / "model" / "README.md").read_text()  # the model card has the table
+    assert "| base |" not in (run_dir / "cards" / "grpo" / "README.md").read_text()  # data cards: data only
 
     # A third run recomputes nothing.
     again = pipeline.curate_and_train(run_dir=str(run_dir), config=config)
@@ -117,8 +120,8 @@ def test_refresh_writes_a_version_only_with_new_rows(prefect_api, tmp_path):
     second = pipeline.refresh(dataset_dir=str(dataset), config=config)
     assert (first["version"], second["version"]) == ("v1", "v2")
     assert first["new_rows"] > 0 and second["new_rows"] > 0  # a new seed, new problems
-    v1 = set(store.read_data(dataset / "v1", "dedup")["problem"].to_list())
-    v2 = set(store.read_data(dataset / "v2", "dedup")["problem"].to_list())
+    v1 = set(store.finished(dataset / "v1", "dedup").read()["problem"].to_list())
+    v2 = set(store.finished(dataset / "v2", "dedup").read()["problem"].to_list())
     assert v1 and v2 and not v1 & v2  # nothing re-added
     assert (dataset / "v2" / "cards" / "sft" / "README.md").is_file()
 
@@ -154,5 +157,5 @@ def test_teacher_key_comes_from_a_prefect_secret_block_and_is_never_written(pref
     assert not [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
     missing = config.model_copy(update={"teacher": config.teacher.model_copy(update={"api_key_block": "no-such"})})
-    with pytest.raises(ValueError, match="teacher.api_key_block='no-such'"):
+    with pytest.raises(SecretError, match="teacher.api_key_block='no-such'"):
         stages.run("generate", run_dir, missing, force=True)

@@ -25,9 +25,10 @@ def make_run(run_dir: Path, *, n_train: int = 6, n_val: int = 2, long_problems: 
             problem = problem + " Think step by step about it. " * 40  # longer than any test limit
         rows.append({"problem_id": f"p{i}", "split": "train" if i < n_train or i >= n_train + n_val else "validation",
                      "source": "chain_sum", "problem": problem, "gold": gold,
-                     "prompt": build.student_prompt(problem, STUDENT), "pass_rate": 0.5, "difficulty": 0.5})
+                     "prompt": build.student_prompt(problem, STUDENT), "pass_rate": 0.5, "difficulty": 0.5,
+                     "meta": "{}"})
     grpo = pl.DataFrame(rows)
-    sft = grpo.select("problem_id", "split", "source", "problem", "gold", "prompt", "pass_rate").with_columns(
+    sft = grpo.select("problem_id", "split", "source", "problem", "gold", "prompt", "pass_rate", "meta").with_columns(
         sample_idx=pl.lit(0),
         completion=pl.format("<reasoning>add</reasoning><answer>{}</answer><end_of_turn>", pl.col("gold")),
         tokens=pl.lit(8))

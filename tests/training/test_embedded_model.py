@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from training import model_check, models
+from models import likelihood, registry
+from training import model_check
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def llama():
         if os.environ.get("DISTILLERY_REQUIRE_SLOW"):
             raise
         pytest.skip("llama-cpp-python not installed: pip install -e '.[llama]' (make test-slow does)")
-    return Llama(model_path=str(models.embedded_gguf()), n_ctx=512, logits_all=True, verbose=False)
+    return Llama(model_path=str(registry.embedded_gguf()), n_ctx=512, logits_all=True, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def _llama_scores(llama, text: str) -> tuple[list[int], np.ndarray, np.ndarray]:
 
 
 def test_tokenizer_round_trips_and_matches_llama_cpp(llama):
-    tokenizer = models.sentencepiece((models.converted_embedded() / "tokenizer.model").read_bytes())
+    tokenizer = registry.sentencepiece((registry.converted_embedded() / "tokenizer.model").read_bytes())
     for sentence in SENTENCES:
         ours = tokenizer.encode(sentence)
         assert tokenizer.decode(ours) == sentence
@@ -101,8 +102,8 @@ def test_model_check_perplexity_is_within_5_percent_of_llama_cpp(llama, question
 
 
 def test_top1_next_token_agrees_with_llama_cpp(llama, questions):
-    loaded = models.load(models.EMBEDDED)
-    ours = models.teacher_forced(loaded, questions)
+    loaded = registry.load(registry.EMBEDDED)
+    ours = likelihood.teacher_forced(loaded, questions)
     agree = total = 0
     for question, (_, top1) in zip(questions, ours):
         _, _, reference = _llama_scores(llama, question)

@@ -10,13 +10,23 @@ import polars as pl
 import pytest
 
 from curation import build, dedup, filters, generate, pull, store
-from curation.config import (BuildConfig, Config, DedupConfig, EvalConfig, FilterConfig, ProceduralSource, PullConfig,
-                             StudentConfig, TeacherConfig)
+from curation.config import (
+    BuildConfig,
+    Config,
+    DedupConfig,
+    EvalConfig,
+    FilterConfig,
+    ProceduralSource,
+    PullConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 from curation.teacher.prompts import format_trace
 from data_cards import cards
+from models import registry
+from models.decode import Generated
 from tests.support.fake_openai import FakeOpenAI
-from training import evaluate, models
-from training.decode import Generated
+from training import evaluate
 
 HELD_OUT = ProceduralSource(task="chain_sum", n=10, seed=77)
 
@@ -56,52 +66,58 @@ def tiny_eval(tmp_path_factory):
 
     def load(run_dir, stage, config):
         calls.append(stage)
-        return models.load(models.TINY, seed=config.seed)
+        return registry.load(registry.TINY, seed=config.seed)
 
     manifest = evaluate.run(run, _config(), load=load)
     return run, manifest, calls
 
 
-def test_eval_json_has_every_model_with_scores_in_range(tiny_eval):
+def test_eval_json_scores_every_model_from_its_own_rows(tiny_eval):
     run, _, calls = tiny_eval
     report = json.loads((run / "eval" / "eval.json").read_text())
+    rows = store.finished(run, "eval").read()
     assert calls == [None, "sft", "grpo"]
     assert report["missing"] == [] and report["set"]["problems"] == 3
-    for model in ("base", "sft", "grpo"):
-        assert report[model]["n"] == 3
-        assert 0.0 <= report[model]["accuracy"] <= 1.0 and 0.0 <= report[model]["format"] <= 1.0
+    # eval.json is the summary of the scored rows, model by model
+    assert {m: report[m] for m in ("base", "sft", "grpo")} == evaluate.summarize(rows)
+    # The three loaders gave the same random weights and decoding is greedy: the same text thrice.
+    texts = {m: rows.filter(pl.col("model") == m).sort("problem_id")["completion"].to_list()
+             for m in ("base", "sft", "grpo")}
+    assert texts["base"] == texts["sft"] == texts["grpo"]
+    # A random 2-layer byte model never writes the tag format, so nothing is formatted or correct.
+    assert not rows["formatted"].any() and report["grpo"] == {"accuracy": 0.0, "format": 0.0, "n": 3}
 
 
 def test_eval_rows_hold_one_scored_completion_per_model_and_problem(tiny_eval):
     run, manifest, _ = tiny_eval
-    rows = store.read_data(run, "eval")
+    rows = store.finished(run, "eval").read()
     assert rows.height == 9 == manifest.counts["kept"]
     assert rows.group_by("model").len().sort("model").rows() == [("base", 3), ("grpo", 3), ("sft", 3)]
     assert {"model", "problem_id", "completion", "formatted", "correct", "finish_reason"} <= set(rows.columns)
     assert set(rows["finish_reason"]) <= {"stop", "length"}
 
 
-def test_rerun_is_skipped_and_a_new_adapter_reruns(tiny_eval, monkeypatch):
+def test_rerun_is_skipped_and_a_new_adapter_reruns(tiny_eval):
     run, manifest, _ = tiny_eval
     assert evaluate.run(run, _config(), load=lambda *a: pytest.fail("skipped run loaded a model")) == manifest
     _finish(run, "grpo", b"a newer adapter")
-    monkeypatch.setattr(evaluate, "decoding", lambda loaded, config, label: _planted_all("wrong")())
-    again = evaluate.run(run, _config(), load=lambda *a: None)
+    again = evaluate.run(run, _config(), load=lambda *a: None, decoder=_planted_decoder("wrong"))
     assert again.key != manifest.key and again.inputs["grpo"] != manifest.inputs["grpo"]
 
 
-def _planted_all(text: str):
-    def make():
+def _planted_decoder(text: str):
+    """A decoder factory (eval's `decoder` parameter) whose every answer is `text`."""
+    def make(loaded, config, label):
         return lambda prompts, temperature, seed: [Generated(text=text, finish_reason="stop", prompt_tokens=1,
                                                              completion_tokens=1) for _ in prompts]
     return make
 
 
-def test_missing_grpo_stage_is_reported_not_an_error(tmp_path, monkeypatch):
+def test_missing_grpo_stage_is_reported_not_an_error(tmp_path):
     _finish(tmp_path, "sft")
     (tmp_path / "grpo").mkdir()  # started, never finished: no manifest
-    monkeypatch.setattr(evaluate, "decoding", lambda loaded, config, label: _planted_all("no idea")())
-    evaluate.run(tmp_path, _config(), load=lambda *a: None)
+    evaluate.run(tmp_path, _config(), load=lambda *a: None, decoder=_planted_decoder("no idea"))
+    assert not (tmp_path / "grpo" / "model" / "README.md").exists()  # no GRPO model: no model card
     report = evaluate.read(tmp_path)
     assert report["missing"] == ["grpo"] and "grpo" not in report
     assert set(report) == {"base", "sft", "set", "missing"}
@@ -176,22 +192,31 @@ def built_run(tmp_path_factory):
 
 def test_validation_split_is_the_default_held_out_set(built_run):
     held = evaluate.held_out(built_run, _config(sets=[], limit=None))
-    validation = store.read_data(built_run, "build").filter(pl.col("split") == "validation")
+    validation = store.finished(built_run, "build").read().filter(pl.col("split") == "validation")
     assert held.problems["problem_id"].to_list() == validation["problem_id"].to_list()
     assert held.problems["meta"].null_count() == 0 and held.description["overlap_with_train"] == 0
     assert evaluate.held_out(built_run, _config(sets=[], limit=2)).problems.height == min(2, validation.height)
 
 
-def test_cards_show_the_evaluation_table_once_eval_json_exists(built_run, monkeypatch):
-    before = (built_run / "cards" / "grpo" / "README.md").read_text()
-    assert "## Evaluation" not in before
-    monkeypatch.setattr(evaluate, "decoding", lambda loaded, config, label: _planted_all("no idea")())
+def test_eval_writes_the_model_card_and_leaves_the_data_cards_alone(built_run):
+    from huggingface_hub import ModelCard
+
+    data_cards = {p: store.file_hash(p) for p in sorted((built_run / "cards").rglob("*")) if p.is_file()}
+    cards_manifest = store.finished(built_run, "cards").manifest
     _finish(built_run, "sft")
-    evaluate.run(built_run, _config(sets=[]), load=lambda *a: None)
-    table = evaluate.table(evaluate.read(built_run))
-    cards.run(built_run, seed=5)  # eval.json is a card input: no force needed
-    for which in ("sft", "grpo"):
-        text = (built_run / "cards" / which / "README.md").read_text()
-        assert "## Evaluation" in text and table in text
-    summary = cards.summary(built_run)
-    assert table.splitlines()[2] in summary and "| grpo | not run | | |" in summary
+    _finish(built_run, "grpo")
+    (built_run / "grpo" / "model").mkdir()
+    right = format_trace("Add them.", "0")
+    manifest = evaluate.run(built_run, _config(sets=[]), load=lambda *a: None, decoder=_planted_decoder(right))
+    report = evaluate.read(built_run)
+    path = built_run / "grpo" / "model" / "README.md"
+    card = ModelCard.load(path)
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"accuracy": report["grpo"]["accuracy"], "format_compliance": 1.0}
+    assert card.data.datasets == ["../../cards/sft", "../../cards/grpo"] and card.data.base_model is None
+    assert evaluate.table(report) in card.text and "grpo:" in card.text  # the table and the training config
+    assert manifest.outputs["../grpo/model/README.md"] == store.file_hash(path)
+    # Data cards are about data: evaluation neither rewrites them nor makes the cards stage stale.
+    assert {p: store.file_hash(p) for p in data_cards} == data_cards
+    assert "Evaluation" not in (built_run / "cards" / "grpo" / "README.md").read_text()
+    assert cards.run(built_run, seed=5) == cards_manifest

@@ -213,11 +213,3 @@ def test_rewards_plug_into_tunix_reward_manager():
                   source=np.array(["openai/gsm8k"] * 2), mode="train")
     full = rewards.FORMAT_REWARD + 4 * rewards.PARTIAL_TAG_REWARD + rewards.CORRECT_REWARD
     assert list(out["rewards"]) == [full, 0.0]
-
-
-def test_with_meta_joins_the_problem_meta_and_refuses_to_lose_it():
-    problems = procedural.load("chain_sum", 2, seed=1)[0]
-    rows = pl.DataFrame({"problem_id": problems["id"].to_list(), "source": problems["source"].to_list()})
-    assert rewards.with_meta(rows, problems)["meta"].to_list() == problems["meta"].to_list()
-    with pytest.raises(ValueError, match="no problem meta"):
-        rewards.with_meta(rows, problems.head(1))

@@ -14,8 +14,9 @@ import polars as pl
 import pytest
 
 from curation import store
+from models import likelihood, registry
 from tests.training import runs
-from training import lora, models, sft
+from training import lora, sft
 
 
 def test_loss_falls_over_30_steps_on_a_fixed_batch(tmp_path):
@@ -42,8 +43,8 @@ class Killed(Exception):
     """Stands in for a SIGKILL in the middle of training."""
 
 
-def test_killed_run_resumes_from_its_checkpoint_and_metrics_continue(tmp_path, monkeypatch):
-    run = runs.make_run(tmp_path)
+def test_killed_run_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    run = runs.make_run(tmp_path / "killed")
     config = runs.config("sft.steps=8", "sft.checkpoint_every=3", "sft.eval_every=4", "sft.learning_rate=1e-3")
     original = sft.MetricsLog.train_step
 
@@ -66,6 +67,13 @@ def test_killed_run_resumes_from_its_checkpoint_and_metrics_continue(tmp_path, m
     assert metrics.filter(pl.col("loss").is_not_null())["step"].to_list() == list(range(1, 9))
     assert metrics["step"].n_unique() == metrics.height  # one row per step, eval joined in
     assert lora.ADAPTER in manifest.outputs
+
+    whole = runs.make_run(tmp_path / "whole")
+    sft.run(whole, config)
+    resumed, _ = lora.read(run / "sft" / lora.ADAPTER)
+    uninterrupted, _ = lora.read(whole / "sft" / lora.ADAPTER)
+    assert resumed.keys() == uninterrupted.keys()
+    assert max(float(np.abs(resumed[k] - uninterrupted[k]).max()) for k in resumed) <= 1e-6
 
 
 def test_second_run_with_the_same_key_is_skipped_and_changed_config_starts_over(tmp_path):
@@ -91,9 +99,9 @@ def test_load_student_applies_the_sft_adapter(tmp_path):
     sft.run(run, config)
     base, tuned = lora.load_student(run, None, config), lora.load_student(run, "sft", config)
     text = ["<start_of_turn>user\nWhat is 1 + 4?<end_of_turn>\n<start_of_turn>model\n<reasoning>"]
-    before, after = models.token_nll(base, text)[0], models.token_nll(tuned, text)[0]
+    before, after = likelihood.token_nll(base, text)[0], likelihood.token_nll(tuned, text)[0]
     assert not np.allclose(before, after)
-    manual = lora.load_into(models.load(config.student.model, seed=config.seed).model, run / "sft" / lora.ADAPTER,
+    manual = lora.load_into(registry.load(config.student.model, seed=config.seed).model, run / "sft" / lora.ADAPTER,
                             config=config.sft.lora)
     assert any(v.any() for k, v in lora.params(manual).items() if "lora_b" in k)  # trained, not the identity
 
@@ -132,3 +140,43 @@ def test_sigkilled_run_resumes_from_its_last_complete_checkpoint(tmp_path):
     assert stats["resumed_from"] in steps_on_disk and stats["resumed_from"] >= 10 and stats["steps"] == 100
     metrics = pl.read_parquet(run / "sft" / "metrics.parquet")
     assert metrics.filter(pl.col("loss").is_not_null())["step"].to_list() == list(range(1, 101))
+
+
+def _base_params(model) -> dict[str, np.ndarray]:
+    """Every non-LoRA parameter by path, copied to NumPy."""
+    from flax import nnx
+
+    return {".".join(map(str, path)): np.array(var.get_value()) for path, var in nnx.iter_graph(model)
+            if isinstance(var, nnx.Param) and not isinstance(var, nnx.LoRAParam)}
+
+
+def _train(run: Path, config, stage_dir: Path):
+    """sft.train on the run's SFT rows: (the loaded base, the trained LoRA model, stats)."""
+    loaded = registry.load(config.student.model, seed=config.seed)
+    kept, _ = sft.encode(store.finished(run, "build").read("sft.parquet"), loaded.tokenizer, config.sft.max_length)
+    model, stats = sft.train(loaded, kept, stage_dir, config, key="test", force=False)
+    return loaded, model, stats
+
+
+def test_sft_changes_the_lora_weights_and_leaves_the_base_alone(tmp_path):
+    run = runs.make_run(tmp_path, n_train=2, n_val=1)
+    config = runs.config("sft.steps=3", "sft.learning_rate=1e-2")
+    untouched = _base_params(registry.load(config.student.model, seed=config.seed).model)
+    initial = lora.params(lora.apply(registry.load(config.student.model, seed=config.seed).model, config.sft.lora,
+                                     seed=config.seed))
+    _, model, _ = _train(run, config, tmp_path / "sft")
+    trained_base = _base_params(model)
+    assert trained_base.keys() == untouched.keys()
+    assert all(np.array_equal(trained_base[name], untouched[name]) for name in untouched)
+    trained = lora.params(model)
+    changed = [name for name in initial if not np.array_equal(initial[name], trained[name])]
+    assert all(not initial[n].any() for n in initial if n.endswith("lora_b"))  # B starts at zero...
+    assert {n for n in trained if n.endswith("lora_b")} <= set(changed)  # ...and every B moved
+
+
+def test_sft_train_step_compiles_once_over_5_steps(tmp_path):
+    run = runs.make_run(tmp_path, n_train=6, n_val=1)  # rows of different lengths: one padded shape
+    rows = store.finished(run, "build").read("sft.parquet")
+    assert (rows["prompt"] + rows["completion"]).str.len_chars().n_unique() > 1
+    _, _, stats = _train(run, runs.config("sft.steps=5", "sft.batch_size=2"), tmp_path / "sft")
+    assert stats.steps == 5 and stats.train_step_compiles == 1

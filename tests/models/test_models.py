@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from training import decode, gguf_import, models
+from models import decode, files, gguf_import, likelihood, registry
 
 BYTES = [f"<0x{b:02X}>" for b in range(256)]  # byte fallback needs all 256
 VOCAB = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "  ", "\u2581a", "b", "ab", *BYTES]
@@ -73,7 +73,7 @@ def test_tokenizer_from_gguf_keeps_ids_specials_and_whitespace_pieces(tmp_path):
     from gguf import GGUFReader
 
     write_tiny_gguf(tmp_path / "tiny.gguf")
-    sp = models.sentencepiece(gguf_import.tokenizer_proto(GGUFReader(str(tmp_path / "tiny.gguf"))))
+    sp = registry.sentencepiece(gguf_import.tokenizer_proto(GGUFReader(str(tmp_path / "tiny.gguf"))))
     assert (sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.unk_id()) == (2, 1, 0, 3)
     assert sp.id_to_piece(6) == "\u2581\u2581"  # a run of spaces is written with U+2581
     assert sp.encode("<start_of_turn>") == [4]  # user-defined, kept whole
@@ -82,38 +82,44 @@ def test_tokenizer_from_gguf_keeps_ids_specials_and_whitespace_pieces(tmp_path):
 def test_partial_or_corrupted_conversion_cache_is_rebuilt(tmp_path, monkeypatch):
     gguf_path = tmp_path / "tiny.gguf"
     write_tiny_gguf(gguf_path)
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "embedded_gguf", lambda: gguf_path)
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
     converted = []
-    real_convert = gguf_import.convert
-    monkeypatch.setattr(gguf_import, "convert", lambda src, out: (converted.append(out), real_convert(src, out)))
-    folder = models.converted_embedded()
-    assert models.converted_embedded() == folder and len(converted) == 1  # cached
+
+    def convert(src, out):
+        converted.append(out)
+        gguf_import.convert(src, out)
+
+    def conversion():
+        return registry.converted_embedded(gguf_path, convert)
+
+    folder = conversion()
+    assert conversion() == folder and len(converted) == 1  # cached
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-64])  # truncated
-    models.converted_embedded()
+    conversion()
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # same size, flipped bits
     weights.write_bytes(bytes(data))
-    models.converted_embedded()
+    conversion()
     (folder / "tokenizer.model").unlink()  # a file missing
-    models.converted_embedded()
+    conversion()
     assert len(converted) == 4
-    assert json.loads((folder / "conversion.json").read_text())["source_sha256"] == models.store.file_hash(gguf_path)
+    assert json.loads((folder / "conversion.json").read_text())["source_sha256"] == files.sha256(gguf_path)
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return models.load(models.TINY, seed=0)
+    return registry.load(registry.TINY, seed=0)
 
 
 def test_tiny_model_and_tokenizer_round_trip(tiny):
     text = "Tom has 3 apples.\n  $\\frac{1}{2}$ ünïcode"
     assert tiny.tokenizer.decode(tiny.tokenizer.encode(text)) == text
-    nll = models.token_nll(tiny, ["hello world", "a much longer sentence than the first one"])
+    nll = likelihood.token_nll(tiny, ["hello world", "a much longer sentence than the first one"])
     assert [len(n) for n in nll] == [len(tiny.tokenizer.encode(t)) for t in ("hello world",
                                                                              "a much longer sentence than the first one")]
-    assert 1 < models.perplexity(nll) < 1000  # a random model: near the vocabulary size, finite
+    assert 1 < likelihood.perplexity(nll) < 1000  # a random model: near the vocabulary size, finite
 
 
 def test_greedy_decoding_is_deterministic_and_batch_independent(tiny):
@@ -156,9 +162,9 @@ def random_gemma3(heads: int, kv_heads: int, *, layers: int = 6, window: int = 8
 
     import jax
     from flax import nnx
-    from tunix.models.gemma3 import model as gemma3
+    from tunix.registry.gemma3 import model as gemma3
 
-    config = dataclasses.replace(models.tiny_config(), num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+    config = dataclasses.replace(registry.tiny_config(), num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
                                  sliding_window_size=window)
     model = gemma3.Gemma3(config, rngs=nnx.Rngs(seed))
     params = nnx.state(model, nnx.Param)
@@ -174,7 +180,7 @@ def test_gemma_forward_gives_tunix_logits_through_prefill_and_steps(heads, kv_he
     """Left padding, grouped/shared/one kv heads, local windows and a global layer: same logits as Tunix."""
     import jax.numpy as jnp
 
-    from training import gemma_forward as gemma
+    from models import gemma_forward as gemma
 
     model = random_gemma3(heads, kv_heads)  # 6 layers: 5 with an 8-token window, then a global one
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+
 @dataclass(frozen=True)
 class Layer:
     """The static shape of one decoder layer (hashable: part of the compiled function)."""

@@ -2,7 +2,7 @@
 
 Why not Tunix's stock `Sampler` on CPU: it draws each token from the full 262,144-entry
 vocabulary for every row at every step, and its forward re-lays out weights and runs a slow
-attention every step (see `training.gemma_forward`). Here a step samples among the 64 most
+attention every step (see `models.gemma_forward`). Here a step samples among the 64 most
 likely tokens (temperature, then nucleus top-p within them), several steps run inside one
 jitted `fori_loop` over `gemma_forward`, and stop strings are checked on the host between
 chunks.
@@ -74,7 +74,7 @@ def _compile(layers: tuple, cache_size: int, chunk: int):
     import jax
     import jax.numpy as jnp
 
-    from training import gemma_forward as gemma
+    from models import gemma_forward as gemma
 
     @jax.jit
     def prefill(weights, shared, tokens, valid, key, temperature, top_p):
@@ -109,7 +109,7 @@ class Decoder:
     """Samples continuations from one Gemma 3 model; compiled functions are reused per cache size."""
 
     def __init__(self, model, tokenizer):
-        from training import gemma_forward
+        from models import gemma_forward
 
         self.tokenizer = tokenizer
         self._weights, self._layers = gemma_forward.prepare(model)

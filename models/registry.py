@@ -13,19 +13,19 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from curation import store
+from models import files
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "gemma3-270m"
 TINY = "tiny-gemma3"
+# What registry names are on the Hugging Face Hub (a model card's `base_model`).
+HUB_IDS = {EMBEDDED: "google/gemma-3-270m"}
 CACHE_ENV = "DISTILLERY_CACHE"
 _MARKER = "conversion.json"
 _FILES = ("model.safetensors", "tokenizer.model", "config.json")
@@ -56,7 +56,7 @@ def embedded_gguf() -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _sha256(path: Path) -> str:
-    return store.file_hash(path)
+    return files.sha256(path)
 
 
 def _cache_is_complete(folder: Path, source_sha: str) -> bool:
@@ -72,14 +72,19 @@ def _cache_is_complete(folder: Path, source_sha: str) -> bool:
         if not path.is_file() or path.stat().st_size != marker["sizes"].get(name):
             return False
     # Size checks catch truncation; a content hash catches silent corruption of the weights.
-    return store.file_hash(folder / "model.safetensors") == marker["sha256"]["model.safetensors"]
+    return files.sha256(folder / "model.safetensors") == marker["sha256"]["model.safetensors"]
 
 
-def converted_embedded() -> Path:
-    """The converted embedded model folder, converting (once per machine) when needed."""
-    from training import gguf_import
+def converted_embedded(gguf_path: Path | None = None, convert: Callable[[Path, Path], None] | None = None) -> Path:
+    """The converted embedded model folder, converting (once per machine) when needed.
 
-    gguf_path = embedded_gguf()
+    `gguf_path` defaults to the embedded GGUF and `convert(gguf_path, out_dir)` to
+    `models.gguf_import.convert`.
+    """
+    if convert is None:
+        from models.gguf_import import convert
+
+    gguf_path = gguf_path or embedded_gguf()
     source_sha = _sha256(gguf_path)
     folder = cache_root() / f"{EMBEDDED}-{source_sha[:12]}"
     if _cache_is_complete(folder, source_sha):
@@ -88,18 +93,12 @@ def converted_embedded() -> Path:
         logger.warning("converted model cache %s is partial or corrupted: rebuilding it", folder)
         shutil.rmtree(folder)
     logger.info("converting the embedded %s GGUF to safetensors (once per machine)", EMBEDDED)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        gguf_import.convert(gguf_path, staging)
+    with files.staged_folder(folder) as staging:
+        convert(gguf_path, staging)
         marker = {"source": gguf_path.name, "source_sha256": source_sha,
                   "sizes": {n: (staging / n).stat().st_size for n in _FILES},
-                  "sha256": {"model.safetensors": store.file_hash(staging / "model.safetensors")}}
-        store.write_json(marker, staging / _MARKER)
-        os.replace(staging, folder)  # a killed conversion leaves only a staging folder
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+                  "sha256": {"model.safetensors": files.sha256(staging / "model.safetensors")}}
+        (staging / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return folder
 
 
@@ -156,7 +155,8 @@ def _hf_family(folder: Path) -> tuple[Any, Any]:
     config = json.loads((folder / "config.json").read_text())
     kind = config.get("model_type") or config.get("architecture", "")
     if kind.startswith("gemma3"):
-        from tunix.models.gemma3 import model as lib, params_safetensors as params
+        from tunix.models.gemma3 import model as lib
+        from tunix.models.gemma3 import params_safetensors as params
 
         presets = {(18, 640): lib.ModelConfig.gemma3_270m, (26, 1152): lib.ModelConfig.gemma3_1b_it,
                    (34, 2560): lib.ModelConfig.gemma3_4b_it}
@@ -171,6 +171,35 @@ def _hf_family(folder: Path) -> tuple[Any, Any]:
                       f"(Qwen 2.5/3 and Llama 3 load through tunix.models.automodel)")
 
 
+def _randomize_zeros(model: Any, seed: int) -> Any:
+    """Give the weights Tunix initialises to zero (MLPs, norms) small random values, in place.
+
+    With zero MLPs every MLP block is a no-op and a LoRA on it gets no gradient, so tests on
+    the tiny model would not exercise half the network.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param) and not np.asarray(var.get_value()).any():
+            shape, dtype = var.get_value().shape, var.get_value().dtype
+            var.set_value(jnp.asarray(rng.normal(0.0, 0.05, shape), dtype=dtype))
+    return model
+
+
+def hub_id(name: str) -> str | None:
+    """The Hub id a model name stands for, when there is one (None for random test models and bare folders)."""
+    if name in HUB_IDS or name == TINY:
+        return HUB_IDS.get(name)
+    config = Path(name) / "config.json"
+    if config.is_file():
+        origin = json.loads(config.read_text()).get("_name_or_path")
+        return origin if isinstance(origin, str) and origin.count("/") == 1 and not Path(origin).exists() else None
+    return name if name.count("/") == 1 and not Path(name).exists() else None
+
+
 def load(name: str, *, seed: int = 0) -> LoadedModel:
     """Load a model by registry name (`gemma3-270m`, `tiny-gemma3`) or Hugging Face folder path."""
     import jax.numpy as jnp
@@ -180,7 +209,7 @@ def load(name: str, *, seed: int = 0) -> LoadedModel:
         from tunix.models.gemma3 import model as gemma3
 
         config = tiny_config()
-        model = gemma3.Gemma3(config, rngs=nnx.Rngs(seed))
+        model = _randomize_zeros(gemma3.Gemma3(config, rngs=nnx.Rngs(seed)), seed)
         return LoadedModel(name=name, model=model, tokenizer=sentencepiece(tiny_tokenizer_proto()), config=config,
                            source="random init")
     if name == EMBEDDED:
@@ -193,52 +222,3 @@ def load(name: str, *, seed: int = 0) -> LoadedModel:
     model = params.create_model_from_safe_tensors(str(folder), config, mesh=None, dtype=jnp.float32)
     tokenizer = sentencepiece((folder / "tokenizer.model").read_bytes())
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, config=config, source=str(folder.name))
-
-
-def teacher_forced(loaded: LoadedModel, texts: list[str], *, bucket: int = 64, batch: int = 8
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per text, for every token after BOS: its negative log-likelihood and the model's top-1 guess."""
-    import jax
-    import jax.numpy as jnp
-
-    model = loaded.model
-    bos = loaded.tokenizer.bos_id()
-
-    @jax.jit
-    def nll(tokens, mask):
-        positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-        causal = jnp.tril(jnp.ones((tokens.shape[1], tokens.shape[1]), dtype=jnp.bool_))
-        attention = mask[:, None, :].astype(jnp.bool_) & causal[None]
-        logits, _ = model(tokens, positions, None, attention)
-        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-        # Only the targets' log-probabilities and the argmax leave the device, not (B, L, vocab) floats.
-        return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0], jnp.argmax(logp, axis=-1)
-
-    encoded = [[bos] + loaded.tokenizer.encode(text) for text in texts]
-    out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
-    for lo in range(0, len(order), batch):
-        rows = order[lo : lo + batch]
-        length = -(-max(len(encoded[i]) for i in rows) // bucket) * bucket  # one compile per bucket
-        tokens = np.zeros((batch, length), dtype=np.int32)  # fixed batch size: no recompile for the last one
-        mask = np.zeros((batch, length), dtype=np.int32)
-        for r, i in enumerate(rows):
-            tokens[r, : len(encoded[i])] = encoded[i]
-            mask[r, : len(encoded[i])] = 1
-        values, top1 = (np.asarray(a) for a in nll(jnp.asarray(tokens), jnp.asarray(mask)))
-        for r, i in enumerate(rows):
-            out[i] = (values[r, : len(encoded[i]) - 1], top1[r, : len(encoded[i]) - 1])
-    return out
-
-
-def token_nll(loaded: LoadedModel, texts: list[str]) -> list[np.ndarray]:
-    """Per text, the negative log-likelihood of every token after BOS."""
-    return [nll for nll, _ in teacher_forced(loaded, texts)]
-
-
-def perplexity(nll: list[np.ndarray]) -> float:
-    """exp of the mean token NLL pooled over all texts."""
-    pooled = np.concatenate(nll)
-    return float(np.exp(pooled.mean()))
-
-
