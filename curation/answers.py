@@ -15,6 +15,7 @@ import multiprocessing
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 logger = logging.getLogger(__name__)
@@ -120,13 +121,22 @@ def plain_number(text: str) -> Decimal | None:
         return None
 
 
-def is_equivalent(pred: str | None, gold: str, *, timeout_s: int | None = 5) -> bool:
-    """True when the predicted answer equals the gold answer (gold first, as math-verify needs)."""
+@dataclass(frozen=True)
+class Check:
+    """One answer check: the verdict, and whether each side could be read at all (for the audit)."""
+
+    equal: bool
+    gold_parsed: bool = True
+    pred_parsed: bool = True
+
+
+def compare(pred: str | None, gold: str, *, timeout_s: int | None = 5) -> Check:
+    """Check a predicted answer against the gold (gold first, as math-verify needs), saying what was unreadable."""
     if pred is None or not pred.strip() or not gold.strip():
-        return False
+        return Check(equal=False, gold_parsed=bool(gold.strip()), pred_parsed=bool(pred and pred.strip()))
     pred_num, gold_num = plain_number(pred), plain_number(gold)
     if pred_num is not None and gold_num is not None:
-        return pred_num == gold_num
+        return Check(equal=pred_num == gold_num)
     # math-verify's timeouts use signal.alarm, which raises outside the main thread.
     if threading.current_thread() is not threading.main_thread():
         timeout_s = None
@@ -136,43 +146,50 @@ def is_equivalent(pred: str | None, gold: str, *, timeout_s: int | None = 5) -> 
     gold_parsed = parse(f"${gold}$", parsing_timeout=timeout_s)
     # Boxing the prediction gives it LaTeX normalisation (units, \text, \$).
     pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=timeout_s)
+    # math-verify falls back to the raw string when it cannot read the math: only an expression counts as read.
+    read = [any(not isinstance(x, str) for x in parsed) for parsed in (gold_parsed, pred_parsed)]
     if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_s))
+        return Check(equal=False, gold_parsed=read[0], pred_parsed=read[1])
+    return Check(equal=bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_s)), gold_parsed=read[0],
+                 pred_parsed=read[1])
 
 
-def _check_one(pair: tuple[str | None, str]) -> bool:
+def is_equivalent(pred: str | None, gold: str, *, timeout_s: int | None = 5) -> bool:
+    """True when the predicted answer equals the gold answer (gold first, as math-verify needs)."""
+    return compare(pred, gold, timeout_s=timeout_s).equal
+
+
+def _check_one(pair: tuple[str | None, str]) -> Check:
     """Worker entry point: runs in a pool process's main thread, so signals work."""
     pred, gold = pair
     try:
-        return is_equivalent(pred, gold)
+        return compare(pred, gold)
     except Exception:  # noqa: BLE001 - a row that breaks the checker is a wrong answer
         logger.debug("checker failed on pred=%r gold=%r", pred, gold, exc_info=True)
-        return False
+        return Check(equal=False)
 
 
-def check_many(
-    preds: Sequence[str | None],
-    golds: Sequence[str],
-    *,
-    deadline_s: float = 10.0,
-    workers: int = 2,
-) -> list[bool | None]:
-    """Check pairs in a process pool; an item past its deadline gives None (not verified).
+def check_many(preds: Sequence[str | None], golds: Sequence[str], *, deadline_s: float = 10.0,
+               workers: int = 2) -> list[bool | None]:
+    """Check pairs in a process pool; an item past its deadline gives None (not verified)."""
+    return [None if c is None else c.equal for c in checks(preds, golds, deadline_s=deadline_s, workers=workers)]
+
+
+def checks(preds: Sequence[str | None], golds: Sequence[str], *, deadline_s: float = 10.0,
+           workers: int = 2) -> list[Check | None]:
+    """`compare` every pair in a process pool; an item past its deadline gives None (no verdict).
 
     A stuck item (e.g. sympy on `9^{9^{9^9}}`) costs at most `deadline_s`: its pool is
     killed and the remaining items go to a fresh one.
     """
     if len(preds) != len(golds):
         raise ValueError(f"check_many needs as many golds as preds: {len(golds)} != {len(preds)}")
-    results: list[bool | None] = [None] * len(preds)
-    # Plain numbers need no sympy: decide them here, send the rest to the pool.
+    results: list[Check | None] = [None] * len(preds)
+    # Plain numbers and missing answers need no sympy: decide them here, send the rest to the pool.
     pending = []
     for i, (pred, gold) in enumerate(zip(preds, golds)):
-        if pred is None or not pred.strip():
-            results[i] = False
-        elif plain_number(pred) is not None and plain_number(gold) is not None:
-            results[i] = is_equivalent(pred, gold)
+        if pred is None or not pred.strip() or (plain_number(pred) is not None and plain_number(gold) is not None):
+            results[i] = compare(pred, gold)
         else:
             pending.append(i)
     while pending:

@@ -71,6 +71,19 @@ class TeacherConfig(_Strict):
     max_attempts: int = Field(default=6, ge=1)  # per request, retries included
 
 
+class JudgeConfig(_Strict):
+    """An LLM judge behind an OpenAI-compatible endpoint: is the reasoning sound, not only the answer?"""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
+    api_key_block: str | None = None  # or a Prefect Secret block holding the key (it wins)
+    concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+
+
 class FilterConfig(_Strict):
     """Trace filtering and best-of-N selection."""
 
@@ -81,6 +94,8 @@ class FilterConfig(_Strict):
     min_latin_share: float = Field(default=0.9, ge=0.0, le=1.0)  # target language: English
     similar_threshold: float = Field(default=0.8, gt=0.0, le=1.0)  # near-identical traces of one problem
     check_deadline_s: float = Field(default=10.0, gt=0)  # per answer check, in a process pool
+    check_steps: bool = True  # reject traces that state a false arithmetic claim (curation.steps)
+    judge: JudgeConfig | None = None  # ask an LLM judge about traces that passed every other check
 
 
 class DedupConfig(_Strict):
@@ -176,11 +191,19 @@ class OrchestrationConfig(_Strict):
     training_deployment: str | None = None
 
 
+class PullSettings(_Strict):
+    """Limits on what a source row may hold (the `pull.*` keys)."""
+
+    # A problem longer than this is a broken or hostile row, not a math problem (MATH-500's longest: ~1,800)
+    max_chars: int = Field(default=20_000, ge=1)
+
+
 class PullConfig(_Strict):
-    """What the pull stage needs: the seed and the sources."""
+    """What the pull stage needs: the seed, the sources and the row limits."""
 
     seed: int = 0
     sources: list[Source] = Field(min_length=1)
+    max_chars: int = Field(default=20_000, ge=1)
 
 
 class Config(_Strict):
@@ -189,6 +212,7 @@ class Config(_Strict):
     profile: str = DEFAULT_PROFILE
     seed: int = 0
     sources: list[Source] = Field(min_length=1)
+    pull: PullSettings = PullSettings()
     teacher: TeacherConfig = TeacherConfig()
     filter: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
@@ -200,9 +224,9 @@ class Config(_Strict):
     mesh: MeshConfig = MeshConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
-    def pull(self) -> PullConfig:
+    def pull_stage(self) -> PullConfig:
         """The pull stage's part of the config."""
-        return PullConfig(seed=self.seed, sources=self.sources)
+        return PullConfig(seed=self.seed, sources=self.sources, max_chars=self.pull.max_chars)
 
 
 def profile_names() -> list[str]:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -26,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 STAGE = "dedup"
 INPUT_STAGE = "pull"
+# Why a row was judged contaminated: the benchmark, its row id there, and the shared word n-gram
+# (empty for a MinHash match, whose estimated similarity is in `jaccard`).
+EVIDENCE_COLUMNS = ("benchmark", "benchmark_id", "matched_ngram")
+EXAMPLES_PER_BENCHMARK = 3
+EXAMPLE_CHARS = 400
 
 
 class DedupReason(StrEnum):
@@ -69,6 +75,8 @@ class DedupStats(store.StageStats):
     eval_items: dict[str, int] = field(default_factory=dict)
     contaminated_by: dict[str, int] = field(default_factory=dict)
     hits: list[dict[str, str]] = field(default_factory=list)
+    # per benchmark, up to 3 contaminated problems side by side with the benchmark item they match
+    contamination_examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     earlier_versions: list[str] = field(default_factory=list)
 
 
@@ -149,11 +157,17 @@ def _find_gram(words: list[str], gram: np.uint64, n: int) -> str:
 
 
 def _reject(frame: pl.DataFrame, rows: list[int], reason: DedupReason, dup_of: list[str], jaccard: list[float],
-            detail: list[str]) -> pl.DataFrame:
-    """Rejected rows of frame with reason, the row they duplicate, Jaccard and detail."""
+            detail: list[str], evidence: dict[str, list[str | None]] | None = None) -> pl.DataFrame:
+    """Rejected rows of frame with reason, the row they duplicate, Jaccard and detail.
+
+    `evidence` fills EVIDENCE_COLUMNS (contamination: which benchmark, which of its rows,
+    the shared n-gram); other reasons leave them empty.
+    """
+    evidence = evidence or {}
     return frame[rows].with_columns(
         reject_reason=pl.lit(str(reason)), reject_detail=pl.Series(detail, dtype=pl.String),
-        dup_of=pl.Series(dup_of, dtype=pl.String), jaccard=pl.Series(jaccard, dtype=pl.Float64))
+        dup_of=pl.Series(dup_of, dtype=pl.String), jaccard=pl.Series(jaccard, dtype=pl.Float64),
+        **{name: pl.Series(evidence.get(name, [None] * len(rows)), dtype=pl.String) for name in EVIDENCE_COLUMNS})
 
 
 def load_eval_sets(eval_sets: list[HubSource]) -> pl.DataFrame:
@@ -162,6 +176,15 @@ def load_eval_sets(eval_sets: list[HubSource]) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema={"source": pl.String, "source_id": pl.String, "problem": pl.String})
     return pl.concat(frames).select("source", "source_id", "problem")
+
+
+class Leak(NamedTuple):
+    """A training problem's match in a benchmark: which item, how, estimated Jaccard, the shared n-gram."""
+
+    bench: int
+    how: str
+    jaccard: float
+    gram: str | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,19 +216,30 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
         bench_names = [f"{s}:{i}" for s, i in bench.select("source", "source_id").iter_rows()]
         bench_sigs = minhash.signatures(bench["problem"].to_list(), shingle=params.shingle,
                                         num_perm=params.num_perm, seed=params.seed)
-        leaks = {doc: (b, f"shares the {ngram}-gram '{gram}'", float((sigs[doc] == bench_sigs[b]).mean()))
+        leaks = {doc: Leak(b, f"shares the {ngram}-gram '{gram}'", float((sigs[doc] == bench_sigs[b]).mean()), gram)
                  for doc, (b, gram) in contamination(texts, bench["problem"].to_list(), n=ngram,
                                                      max_df=max_df).items()}
         for doc, b, j in minhash.cross_matches(sigs, bench_sigs, params.bands, params.rows, params.threshold):
-            leaks.setdefault(doc, (b, f"MinHash near-duplicate (Jaccard {j:.2f})", j))
+            leaks.setdefault(doc, Leak(b, f"MinHash near-duplicate (Jaccard {j:.2f})", j, None))
         rows = sorted(leaks)
+        sources, source_ids = bench["source"].to_list(), bench["source_id"].to_list()
+        evidence = {"benchmark": [sources[leaks[r].bench] for r in rows],
+                    "benchmark_id": [source_ids[leaks[r].bench] for r in rows],
+                    "matched_ngram": [leaks[r].gram for r in rows]}
         rejected_parts.append(_reject(problems, rows, DedupReason.CONTAMINATED,
-                                      [bench_names[leaks[r][0]] for r in rows], [leaks[r][2] for r in rows],
-                                      [leaks[r][1] for r in rows]))
+                                      [bench_names[leaks[r].bench] for r in rows], [leaks[r].jaccard for r in rows],
+                                      [leaks[r].how for r in rows], evidence))
+        bench_texts = bench["problem"].to_list()
         for r in rows:
-            name = bench_names[leaks[r][0]]
-            stats.contaminated_by[name.split(":")[0]] = stats.contaminated_by.get(name.split(":")[0], 0) + 1
-            stats.hits.append({"id": ids[r], "benchmark_item": name, "how": leaks[r][1]})
+            leak, source = leaks[r], sources[leaks[r].bench]
+            stats.contaminated_by[source] = stats.contaminated_by.get(source, 0) + 1
+            stats.hits.append({"id": ids[r], "benchmark_item": bench_names[leak.bench], "how": leak.how})
+            shown = stats.contamination_examples.setdefault(source, [])
+            if len(shown) < EXAMPLES_PER_BENCHMARK:
+                shown.append({"id": ids[r], "problem": texts[r][:EXAMPLE_CHARS],
+                              "benchmark_id": source_ids[leak.bench],
+                              "benchmark_problem": bench_texts[leak.bench][:EXAMPLE_CHARS],
+                              "evidence": leak.how, "jaccard": f"{leak.jaccard:.2f}"})
         alive[rows] = False
 
     # 2. Rows already in an earlier version of this dataset (exact or near).

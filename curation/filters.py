@@ -1,14 +1,19 @@
 """The filter stage: keep traces in the right format that reach the verified answer.
 
 Checks run cheapest first and a trace leaves at its first failure, with that reason:
-truncated, bad format, too short/long, repetitive, wrong language, wrong answer (or
-unverifiable in time). Of the correct traces of one problem, near-identical ones are
-dropped and at most `keep_per_problem` of the shortest stay (best-of-N). Every problem's
-pass rate (correct / samples) goes to `pass_rates.parquet` for the GRPO set's difficulty.
+truncated, bad format, too short/long, repetitive, wrong language, a false arithmetic step
+(`curation.steps`), wrong answer (or unverifiable in time). Every problem's pass rate
+(traces passing those checks / samples) goes to `pass_rates.parquet` for the GRPO set's
+difficulty. Of the rest, near-identical traces of one problem are dropped, the optional
+LLM judge (`filter.judge`) reads what is left, and at most `keep_per_problem` of the
+shortest stay (best-of-N). The stats carry the verifier's audit and two examples of every
+reject reason with their evidence, for the data card.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 import time
@@ -19,14 +24,17 @@ from pathlib import Path
 
 import polars as pl
 
-from curation import answers, store, verifier
+from curation import answers, steps, store, verifier
 from curation.config import FilterConfig
 from curation.dedup import trace_clusters
+from curation.judge import Judge
+from curation.teacher.cache import RequestCache
 
 logger = logging.getLogger(__name__)
 
 STAGE = "filter"
 INPUT_STAGES = ("generate", "dedup")
+JUDGE_CACHE = "judge.jsonl"
 _WORD = re.compile(r"\S+")
 
 
@@ -39,9 +47,12 @@ class FilterReason(StrEnum):
     TOO_LONG = "too_long"
     REPETITIVE = "repetitive"
     WRONG_LANGUAGE = "wrong_language"
+    WRONG_STEP = "wrong_step"
     WRONG_ANSWER = "wrong_answer"
     UNVERIFIABLE = "unverifiable"
     NEAR_DUPLICATE_TRACE = "near_duplicate_trace"
+    JUDGE_REJECTED = "judge_rejected"
+    UNJUDGED = "unjudged"  # the judge did not answer after its retries; the next run asks again
     BEST_OF_N_SURPLUS = "best_of_n_surplus"
 
 
@@ -53,6 +64,8 @@ class FilterStats(store.StageStats):
     problems_with_a_trace: int = 0
     mean_pass_rate: float = 0.0
     pass_rate_histogram: dict[str, int] = field(default_factory=dict)
+    audit: dict[str, int] = field(default_factory=dict)  # verifier.Audit plus the step checker's counts
+    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # two per reject reason
 
 
 def repeated_ngram_share(text: str, n: int = 4) -> float:
@@ -98,47 +111,76 @@ def first_failure(text: str, finish_reason: str | None, tokens: int, config: Fil
     return None
 
 
-def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: FilterConfig) -> store.StageResult:
+def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: FilterConfig, *,
+                  judge: Judge | None = None) -> store.StageResult:
     """Split generations into kept traces and rejected ones; compute per-problem pass rates."""
     started = time.time()
-    frame = generations.join(problems.select(pl.col("id").alias("problem_id"), "source", "answer", "meta"),
+    frame = generations.join(problems.select(pl.col("id").alias("problem_id"), "problem", "source", "answer", "meta"),
                              on="problem_id", how="left", maintain_order="left")
     frame = frame.with_columns(tokens=pl.Series([token_count(t, r) for t, r in
                                                  frame.select("completion", "completion_tokens").iter_rows()],
                                                 dtype=pl.Int32))
-    reasons: list[str | None] = []
-    details: list[str | None] = []
-    for text, finish, tokens in frame.select("completion", "finish_reason", "tokens").iter_rows():
-        failure = first_failure(text, finish, tokens, config)
-        reasons.append(failure[0].value if failure else None)
-        details.append(failure[1] if failure else None)
-    # Only traces that passed the cheap checks pay for math-verify.
-    pending = [i for i, r in enumerate(reasons) if r is None]
+    verdicts: list[tuple[FilterReason, str] | None] = [
+        first_failure(text, finish, tokens, config)
+        for text, finish, tokens in frame.select("completion", "finish_reason", "tokens").iter_rows()]
+    audit = _check_steps(frame["completion"].to_list(), verdicts) if config.check_steps else {}
+    # Only traces that passed the cheaper checks pay for math-verify.
+    pending = [i for i, v in enumerate(verdicts) if v is None]
     sub = frame[pending]
-    verdict = verifier.verdicts(sub["completion"].to_list(), sub["answer"].to_list(), sub["source"].to_list(),
-                                sub["meta"].to_list(), deadline_s=config.check_deadline_s)
-    for i, ok in zip(pending, verdict):
+    answered, checked = verifier.verify(sub["completion"].to_list(), sub["answer"].to_list(), sub["source"].to_list(),
+                                        sub["meta"].to_list(), deadline_s=config.check_deadline_s)
+    for i, ok in zip(pending, answered):
         if ok is None:
-            reasons[i], details[i] = FilterReason.UNVERIFIABLE.value, "no verdict within the deadline"
+            verdicts[i] = FilterReason.UNVERIFIABLE, "no verdict within the deadline"
         elif not ok:
             pred = answers.extract(frame["completion"][i])
-            reasons[i], details[i] = FilterReason.WRONG_ANSWER.value, f"answered {pred!r}, gold {frame['answer'][i]!r}"
-    frame = frame.with_columns(reject_reason=pl.Series(reasons, dtype=pl.String),
-                               reject_detail=pl.Series(details, dtype=pl.String),
-                               pred=pl.Series([answers.extract(t) for t in frame["completion"]], dtype=pl.String))
+            verdicts[i] = FilterReason.WRONG_ANSWER, f"answered {pred!r}, gold {frame['answer'][i]!r}"
+    frame = _with_verdicts(frame, verdicts).with_columns(
+        pred=pl.Series([answers.extract(t) for t in frame["completion"]], dtype=pl.String))
     pass_rates = _pass_rates(frame, problems)
+    frame = _near_duplicates(frame, config)
+    if judge is not None:
+        frame = _judged(frame, judge)
     frame = _best_of_n(frame, config)
-    kept = frame.filter(pl.col("reject_reason").is_null()).drop("reject_reason", "reject_detail")
+    kept = frame.filter(pl.col("reject_reason").is_null()).drop("reject_reason", "reject_detail", "problem")
     kept = kept.join(pass_rates.select("problem_id", "pass_rate"), on="problem_id", how="left",
                      maintain_order="left")
-    rejected = frame.filter(pl.col("reject_reason").is_not_null())
+    rejected = frame.filter(pl.col("reject_reason").is_not_null()).drop("problem")
     rates = pass_rates["pass_rate"].drop_nulls()
     stats = FilterStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
                         reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
                         problems=pass_rates.height, problems_with_a_trace=kept["problem_id"].n_unique(),
                         mean_pass_rate=round(float(rates.mean()), 4) if len(rates) else 0.0,
-                        pass_rate_histogram=_histogram(rates))
+                        pass_rate_histogram=_histogram(rates), audit={**dataclasses.asdict(checked), **audit},
+                        examples=examples(rejected))
     return store.StageResult(kept=kept, rejected=rejected, stats=stats, extra={"pass_rates": pass_rates})
+
+
+def _check_steps(texts: list[str], verdicts: list[tuple[FilterReason, str] | None]) -> dict[str, int]:
+    """Mark traces that state a false arithmetic claim (in place); the step checker's counts."""
+    counts = {"step_claims_checked": 0, "step_claims_skipped": 0, "traces_with_false_steps": 0}
+    for i, text in enumerate(texts):
+        if verdicts[i] is not None:
+            continue
+        report = steps.check(text)
+        counts["step_claims_checked"] += report.checked
+        counts["step_claims_skipped"] += report.skipped
+        if report.false:
+            counts["traces_with_false_steps"] += 1
+            verdicts[i] = FilterReason.WRONG_STEP, "false: " + "; ".join(report.false)[:500]
+    return counts
+
+
+def _with_verdicts(frame: pl.DataFrame, verdicts: list[tuple[FilterReason, str] | None]) -> pl.DataFrame:
+    """The frame with `reject_reason` and `reject_detail` from per-row verdicts (None: kept so far)."""
+    return frame.with_columns(reject_reason=pl.Series([v[0].value if v else None for v in verdicts], dtype=pl.String),
+                              reject_detail=pl.Series([v[1] if v else None for v in verdicts], dtype=pl.String))
+
+
+def _verdicts(frame: pl.DataFrame) -> list[tuple[FilterReason, str] | None]:
+    """Per-row verdicts of a frame that has them."""
+    return [(FilterReason(r), d) if r is not None else None
+            for r, d in frame.select("reject_reason", "reject_detail").iter_rows()]
 
 
 def _pass_rates(frame: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
@@ -152,27 +194,58 @@ def _pass_rates(frame: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
                           .then(pl.col("correct") / pl.col("samples")).otherwise(None)))
 
 
-def _best_of_n(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
-    """Among each problem's correct traces: drop near-identical ones, keep the k shortest."""
-    correct = frame.with_row_index("row").filter(pl.col("reject_reason").is_null())
-    if correct.is_empty():
+def _near_duplicates(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
+    """Among each problem's surviving traces, drop all but the first of near-identical ones."""
+    alive = frame.with_row_index("row").filter(pl.col("reject_reason").is_null())
+    if alive.is_empty():
         return frame
-    reps = trace_clusters(correct["problem_id"].to_list(), correct["completion"].to_list(),
+    reps = trace_clusters(alive["problem_id"].to_list(), alive["completion"].to_list(),
                           threshold=config.similar_threshold)
-    rows = correct["row"].to_list()
-    reasons = frame["reject_reason"].to_list()
-    details = frame["reject_detail"].to_list()
+    verdicts = _verdicts(frame)
+    rows, samples = alive["row"].to_list(), alive["sample_idx"].to_list()
     for position, rep in enumerate(reps):
         if rep != position:
-            reasons[rows[position]] = FilterReason.NEAR_DUPLICATE_TRACE.value
-            details[rows[position]] = f"near-identical to sample {correct['sample_idx'][rep]}"
-    survivors = correct.filter(pl.Series([rep == i for i, rep in enumerate(reps)]))
-    ranked = survivors.sort("tokens", "sample_idx").with_columns(rank=pl.int_range(pl.len()).over("problem_id"))
-    for row, rank in ranked.filter(pl.col("rank") >= config.keep_per_problem).select("row", "rank").iter_rows():
-        reasons[row] = FilterReason.BEST_OF_N_SURPLUS.value
-        details[row] = f"correct, but {config.keep_per_problem} shorter traces were kept"
-    return frame.with_columns(reject_reason=pl.Series(reasons, dtype=pl.String),
-                              reject_detail=pl.Series(details, dtype=pl.String))
+            verdicts[rows[position]] = FilterReason.NEAR_DUPLICATE_TRACE, f"near-identical to sample {samples[rep]}"
+    return _with_verdicts(frame, verdicts)
+
+
+def _judged(frame: pl.DataFrame, judge: Judge) -> pl.DataFrame:
+    """Send the surviving traces to the judge; reject what it calls unsound (or could not judge)."""
+    alive = frame.with_row_index("row").filter(pl.col("reject_reason").is_null())
+    said = judge.judge(alive["problem"].to_list(), alive["completion"].to_list(), alive["answer"].to_list())
+    verdicts = _verdicts(frame)
+    for row, verdict in zip(alive["row"].to_list(), said):
+        if verdict.sound is None:
+            verdicts[row] = FilterReason.UNJUDGED, f"the judge did not answer: {verdict.reason}"
+        elif not verdict.sound:
+            verdicts[row] = FilterReason.JUDGE_REJECTED, verdict.reason
+    return _with_verdicts(frame, verdicts)
+
+
+def _best_of_n(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
+    """Keep the k shortest surviving traces per problem; the rest are surplus."""
+    ranked = (frame.with_row_index("row").filter(pl.col("reject_reason").is_null()).sort("tokens", "sample_idx")
+              .with_columns(rank=pl.int_range(pl.len()).over("problem_id")))
+    verdicts = _verdicts(frame)
+    for row in ranked.filter(pl.col("rank") >= config.keep_per_problem)["row"].to_list():
+        verdicts[row] = (FilterReason.BEST_OF_N_SURPLUS,
+                         f"correct, but {config.keep_per_problem} shorter traces were kept")
+    return _with_verdicts(frame, verdicts)
+
+
+def examples(rejected: pl.DataFrame, per_reason: int = 2, chars: int = 300) -> dict[str, list[dict[str, str]]]:
+    """Up to `per_reason` rejected traces per reason (first by problem and sample), with their evidence."""
+    found: dict[str, list[dict[str, str]]] = {}
+    ordered = rejected.sort("reject_reason", "problem_id", "sample_idx")
+    for row in ordered.select("reject_reason", "problem_id", "sample_idx", "reject_detail",
+                              "completion").iter_rows(named=True):
+        chosen = found.setdefault(row["reject_reason"], [])
+        if len(chosen) < per_reason:
+            text = row["completion"] or ""
+            chosen.append({"problem_id": row["problem_id"], "sample_idx": str(row["sample_idx"]),
+                           "detail": row["reject_detail"] or "",
+                           "excerpt": text if len(text) <= chars else text[: chars - 1] + "…"})
+    return found
 
 
 def _histogram(rates: pl.Series) -> dict[str, int]:
@@ -185,9 +258,31 @@ def _histogram(rates: pl.Series) -> dict[str, int]:
     return buckets
 
 
-def run(run_dir: Path, config: FilterConfig, *, force: bool = False) -> store.Manifest:
-    """Run the filter stage on the generations and problems of `run_dir`."""
+def run(run_dir: Path, config: FilterConfig, *, force: bool = False, judge_api_key: str | None = None
+        ) -> store.Manifest:
+    """Run the filter stage on the generations and problems of `run_dir`.
+
+    With `filter.judge`, verdicts are cached in `filter/judge.jsonl` (a killed run resumes
+    without asking again) and `judge_api_key` is the judge's key, resolved by the caller.
+    """
     found = {stage: store.finished(run_dir, stage) for stage in INPUT_STAGES}
     inputs = {stage: done.hash() for stage, done in found.items()}
+
+    def compute() -> store.StageResult:
+        if config.judge is None:
+            return filter_traces(found["generate"].read(), found["dedup"].read(), config)
+        cache = RequestCache(run_dir / STAGE / JUDGE_CACHE)
+        try:
+            judge = Judge(config.judge, api_key=judge_api_key, cache=cache)
+            return filter_traces(found["generate"].read(), found["dedup"].read(), config, judge=judge)
+        finally:
+            cache.close()
+
+    previous = store.complete_manifest(run_dir / STAGE)
+    unjudged = json.loads((run_dir / STAGE / store.STATS).read_text())["reasons"].get(FilterReason.UNJUDGED, 0) \
+        if previous is not None else 0
+    if unjudged and not force:  # not a final verdict: ask the judge again (answered ones come from its cache)
+        logger.info("filter: asking the judge again about %d traces it did not answer last time", unjudged)
+        force = True
     return store.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=inputs, force=force,
-                           compute=lambda: filter_traces(found["generate"].read(), found["dedup"].read(), config))
+                           compute=compute)

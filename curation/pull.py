@@ -26,6 +26,24 @@ class PullStats(store.StageStats):
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"  # control characters other than tab, newline, return
+
+
+def screen(problems: pl.DataFrame, max_chars: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(kept, rejected): problems over `max_chars`, or with control characters in any text field, leave."""
+    text = ("problem", "answer", "solution")
+    control = pl.any_horizontal(pl.col(c).fill_null("").str.contains(_CONTROL) for c in text)
+    long = pl.col("problem").str.len_chars() > max_chars
+    reason = (pl.when(long).then(pl.lit(RejectReason.TOO_LONG.value))
+              .when(control).then(pl.lit(RejectReason.CONTROL_CHARACTERS.value)))
+    detail = (pl.when(long).then(pl.format("problem has {} characters > pull.max_chars {}",
+                                           pl.col("problem").str.len_chars(), pl.lit(max_chars)))
+              .when(control).then(pl.lit("a text field holds control characters (NUL, BEL, ...)")))
+    marked = problems.with_columns(reject_reason=reason, reject_detail=detail)
+    return (marked.filter(pl.col("reject_reason").is_null()).drop("reject_reason", "reject_detail"),
+            marked.filter(pl.col("reject_reason").is_not_null()))
+
+
 def pull(config: PullConfig) -> store.StageResult:
     """Load all sources; a problem id seen twice is rejected as a duplicate after its first."""
     started = time.time()
@@ -42,7 +60,8 @@ def pull(config: PullConfig) -> store.StageResult:
         reject_detail=pl.lit("the same source row was listed twice; first copy kept"),
     )
     kept = kept.filter(first)
-    rejected = pl.concat([rejected, duplicates])
+    kept, hostile = screen(kept, config.max_chars)
+    rejected = pl.concat([rejected, duplicates, hostile])
     per_source: dict[str, dict[str, int]] = {}
     for name, frame in (("kept", kept), ("rejected", rejected)):
         for source, count in frame.group_by("source", maintain_order=True).len().iter_rows():

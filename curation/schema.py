@@ -19,7 +19,12 @@ class RejectReason(StrEnum):
     EMPTY_TEXT = "empty_text"
     UNPARSABLE_ANSWER = "unparsable_answer"
     MALFORMED_ROW = "malformed_row"
+    INVALID_UTF8 = "invalid_utf8"
+    NESTED_TOO_DEEP = "nested_too_deep"  # JSON deeper than the parser's recursion limit
+    NON_FINITE_ANSWER = "non_finite_answer"  # "#### nan", "#### inf": no answer can equal it
     DUPLICATE_ID = "duplicate_id"
+    TOO_LONG = "too_long"  # longer than pull.max_chars
+    CONTROL_CHARACTERS = "control_characters"  # NUL, BEL and the like: never in a real problem
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,8 +33,12 @@ STATS = "stats.json"
 MANIFEST = "manifest.json"
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write a file so that readers see the old complete file or the new one, never a torn one."""
+class WriteError(OSError):
+    """A stage output could not be written (disk full, file too large); the message names the file."""
+
+
+def _write_temp(path: Path, payload: bytes) -> Path:
+    """Write payload to a hidden temp file beside `path`, flushed to disk; WriteError naming `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -42,12 +46,50 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise WriteError(error.errno, f"cannot write {path}: {error.strerror or error}") from error
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write a file so that readers see the old complete file or the new one, never a torn one."""
+    tmp = _write_temp(path, payload)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def write_all(files: dict[Path, bytes], *, before_replace: Callable[[], None] | None = None) -> None:
+    """Write several files so that either all are replaced or none is (a full disk leaves the old ones).
+
+    Every payload is written to a temp file first; only when all are on disk does
+    `before_replace` run and are they renamed into place (a rename needs no space).
+    """
+    temps: dict[Path, Path] = {}
+    try:
+        for path, payload in files.items():
+            temps[path] = _write_temp(path, payload)
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    if before_replace is not None:
+        before_replace()
+    for path, tmp in temps.items():
+        os.replace(tmp, path)
+    for folder in {path.parent for path in files}:
+        _fsync_dir(folder)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -59,17 +101,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    """Write a frame as parquet atomically; the bytes depend only on the frame."""
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    """A frame as parquet bytes that depend only on the frame."""
     buffer = io.BytesIO()
     frame.write_parquet(buffer, compression="zstd", statistics=False)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def json_bytes(payload: Any) -> bytes:
+    """JSON with sorted keys, so equal content gives equal bytes."""
+    return (json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write a frame as parquet atomically."""
+    atomic_write_bytes(path, parquet_bytes(frame))
 
 
 def write_json(payload: Any, path: Path) -> None:
     """Write JSON atomically, keys sorted so equal content gives equal bytes."""
-    text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, json_bytes(payload))
 
 
 def file_hash(path: Path) -> str:
@@ -254,14 +305,14 @@ def run_stage(
             or stats.rejected != result.rejected.height:
         raise RuntimeError(f"{stage}: rows do not add up: in={stats.rows_in} kept={stats.kept}/"
                            f"{result.kept.height} rejected={stats.rejected}/{result.rejected.height}")
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest lands
-    write_parquet(result.kept, stage_dir / DATA)
-    write_parquet(result.rejected, stage_dir / REJECTED)
-    write_json(dataclasses.asdict(stats), stage_dir / STATS)
-    extra = [f"{name}.parquet" for name in result.extra]
-    for name, frame in result.extra.items():
-        write_parquet(frame, stage_dir / f"{name}.parquet")
+    tables = {DATA: parquet_bytes(result.kept), REJECTED: parquet_bytes(result.rejected),
+              STATS: json_bytes(dataclasses.asdict(stats)),
+              **{f"{name}.parquet": parquet_bytes(frame) for name, frame in result.extra.items()}}
+    # All or nothing: on a full disk the previous complete output (and its manifest) stays as it was;
+    # once every table is on disk the manifest goes (incomplete) until the new one lands.
+    write_all({stage_dir / name: payload for name, payload in tables.items()},
+              before_replace=lambda: (stage_dir / MANIFEST).unlink(missing_ok=True))
+    extra = [name for name in tables if name not in (DATA, REJECTED, STATS)]
     counts = {"rows_in": stats.rows_in, "kept": stats.kept, "rejected": stats.rejected}
     manifest = finish_stage(stage_dir, stage=stage, key=key, config=config, inputs=inputs,
                             outputs=[DATA, REJECTED, STATS, *extra, *outputs], counts=counts, started=started)

@@ -91,6 +91,7 @@ def gather(run_dir: Path) -> dict[str, Any]:
         "dedup": {"threshold": dedup["threshold"], "bands": dedup["bands"], "rows_per_band": dedup["rows_per_band"],
                   "clusters": dedup["clusters"], "eval_items": dedup["eval_items"],
                   "contaminated_by": dedup["contaminated_by"], "hits": dedup["hits"],
+                  "contamination_examples": dedup.get("contamination_examples", {}),
                   "earlier_versions": dedup["earlier_versions"], "reasons": dedup["reasons"]},
         "teacher": {key: generate.get(key) for key in ("backend", "model", "style", "n", "temperature", "top_p",
                                                       "max_new_tokens")}

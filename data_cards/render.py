@@ -6,15 +6,18 @@ Each card folder is publishable as a Hub dataset repo: README.md plus data/{trai
 
 from __future__ import annotations
 
+import base64
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import polars as pl
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from curation import build, store
-from data_cards import plots
+from data_cards import markdown, plots
 from data_cards.facts import scrub
 
 SETS = ("sft", "grpo")
@@ -75,23 +78,39 @@ def commands(facts: dict[str, Any]) -> list[str]:
     return [f"distillery {stage} --run {run} --config config.yaml" for stage in stages]
 
 
+def _environment() -> jinja2.Environment:
+    """Jinja with the markdown filters for untrusted text (`data_cards.markdown`); missing facts are errors."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters.update(block=markdown.block, fence=markdown.fence, code=markdown.code, cell=markdown.cell,
+                       escape_md=markdown.escape)
+    return env
+
+
 def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -> dict[str, Any]:
     """Write cards/<which>/ and return the card's facts (what card.json holds)."""
     built = store.finished(run_dir, "build")
     frame = built.read(build.SFT) if which == "sft" else built.read()
     out = run_dir / "cards" / which
-    sizes = {}
+    sizes, declared = {}, []
     for split in ("train", "validation"):
         part = frame.filter(pl.col("split") == split).drop("split")
-        store.write_parquet(part, out / "data" / f"{split}.parquet")
         sizes[split] = part.height
+        path = out / "data" / f"{split}.parquet"
+        # `datasets.load_dataset(folder)` fails on a declared split with no rows: write and declare only
+        # splits with rows (train always, so an empty set still loads, as an empty train split).
+        if part.height or split == "train":
+            store.write_parquet(part, path)
+            declared.append(split)
+        else:
+            path.unlink(missing_ok=True)
     made = _plots(frame, which, out)
     licenses = sorted({s["license"] for s in facts["sources"]})
     card_data = DatasetCardData(
         license=licenses[0] if len(licenses) == 1 else licenses, language=["en"], task_categories=["text-generation"],
         size_categories=[size_category(frame.height)], pretty_name=f"{facts['dataset']} {which.upper()} ({facts['version']})",
         tags=["math", "reasoning", "distillation", which],
-        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"} for s in sizes]}],
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"}
+                                                           for s in declared]}],
         source_datasets=[s["name"] for s in facts["sources"]],
     )
     hashes = {str(p.relative_to(out)): store.file_hash(p) for p in sorted(out.rglob("*")) if p.is_file()
@@ -104,9 +123,23 @@ def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -
         "examples": _examples(frame, which, seed), "hashes": hashes, "commands": commands(facts), "seed": seed,
     }
     card = scrub(card, run_dir)
-    template = resources.files("data_cards").joinpath("template.md.j2").read_text()
-    rendered = DatasetCard.from_template(card_data, template_str=template,
-                                         hits=card["facts"]["dedup"]["hits"][:MAX_HITS], **card)
-    rendered.save(out / "README.md")
+    body = _environment().from_string(resources.files("data_cards").joinpath("template.md.j2").read_text()).render(
+        card_data=card_data.to_yaml(), hits=card["facts"]["dedup"]["hits"][:MAX_HITS], **card)
+    DatasetCard(body).save(out / "README.md")
     store.write_json({**card, "card_data": card_data.to_dict()}, out / "card.json")
     return card
+
+
+def inline_markdown(card_dir: Path) -> str:
+    """The card for viewers that cannot open the folder (Prefect's artifact page): no front matter
+    (it renders as one huge heading there), and every plot inlined as a `data:image/png;base64` URI."""
+    text = (card_dir / "README.md").read_text()
+    body = text.split("\n---\n", 1)[1].lstrip("\n") if text.startswith("---\n") else text
+
+    def inline(match: re.Match) -> str:
+        image = card_dir / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\((plots/[^)\s]+\.png)\)", inline, body)

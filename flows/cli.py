@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="run folder, runs/<dataset>/<version>")
         _config_args(stage_parser)
         stage_parser.add_argument("--force", action="store_true", help="recompute even if the output is complete")
+        stage_parser.add_argument("--wait", action="store_true",
+                                  help="wait for another writer of the dataset folder instead of failing")
         if stage == "pull":
             stage_parser.add_argument("--hub-id", default=None, help="pull only this Hub dataset (replaces sources)")
             stage_parser.add_argument("--data-files", default=None, metavar="PATH",
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run", type=Path, default=None, metavar="DIR", help="run folder (default runs/demo/v1)")
     _config_args(run)
     run.add_argument("--force", action="store_true", help="recompute every stage even if its output is complete")
+    run.add_argument("--wait", action="store_true",
+                     help="wait for another writer of the dataset folder instead of failing")
     sub.add_parser("serve", help="serve the Prefect deployments (needs a Prefect API: see `up`)",
                    description="serve the Prefect deployments (needs a Prefect API: see `up`)")
     up = sub.add_parser("up", help="start a local Prefect server if none answers, then serve",
@@ -85,7 +89,7 @@ def _stage(args: argparse.Namespace) -> int:
         args.sets = [*args.sets, f"sources=[{json.dumps(source)}]"]
     elif getattr(args, "data_files", None):
         raise CliError("--data-files needs --hub-id to say which format the files are in")
-    outcome = stages.run(args.command, args.run, _config(args), force=args.force)
+    outcome = stages.run(args.command, args.run, _config(args), force=args.force, wait=args.wait)
     if outcome.skipped:
         print(f"{args.command}: skipped, complete output with key {outcome.manifest.key[:12]} already in "
               f"{args.run / args.command}")
@@ -99,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     run_dir = (args.run or Path("runs/demo/v1")).resolve()
-    pipeline.curate_and_train(run_dir=str(run_dir), config=config, force=args.force)
+    pipeline.curate_and_train(run_dir=str(run_dir), config=config, force=args.force, wait=args.wait)
     print(report.final(run_dir))
     return 0
 
@@ -162,12 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     handler = COMMANDS[args.command]
     from curation.config import ConfigError
+    from curation.runlock import RunLockedError
     from curation.sources.hub import SourceError
-    from curation.store import StageInputError
+    from curation.store import StageInputError, WriteError
 
     try:
         return handler(args)
-    except (CliError, ConfigError, SourceError, StageInputError, LookupError) as err:
+    except (CliError, ConfigError, SourceError, StageInputError, RunLockedError, WriteError, LookupError) as err:
         message = err.args[0] if isinstance(err, LookupError) and err.args else err
         print(f"distillery {args.command}: error: {message}", file=sys.stderr)
         return 2

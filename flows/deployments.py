@@ -75,6 +75,24 @@ def parameters(spec: Spec, root: Path) -> dict[str, Any]:
     return {"dataset_dir": where, "config": config} if spec.flow == "refresh" else {"run_dir": where, "config": config}
 
 
+def create_concurrency_limits(root: Path | None = None) -> list[str]:
+    """One Prefect global concurrency limit of 1 per dataset folder the deployments write; their names.
+
+    Flows hold a slot for their whole run (`flows.pipeline.writing`), so a second run on the
+    same folder, `refresh/weekly` during `curate-and-train/cpu-smoke` say, waits in Prefect.
+    """
+    from prefect import get_client
+
+    from flows import pipeline
+
+    root = root or Path.cwd()
+    names = sorted({pipeline.limit_name(root / (s.path / "v1" if s.flow == "refresh" else s.path)) for s in specs()})
+    with get_client(sync_client=True) as client:
+        for name in names:
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return names
+
+
 def runner_deployments(root: Path | None = None) -> list[Any]:
     """Prefect RunnerDeployments for every spec, ready for `prefect.serve`."""
     from prefect.deployments.runner import EntrypointType

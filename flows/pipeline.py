@@ -9,10 +9,12 @@ caching is used (it would key on path strings, not on the content behind them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,12 @@ from typing import Any
 # log in the UI. Set before Prefect is imported, which reads its settings once.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "curation,training,data_cards")
 
-from prefect import Flow, flow, get_run_logger, task  # noqa: E402
+from prefect import Flow, flow, get_run_logger, runtime, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.concurrency.sync import concurrency  # noqa: E402
 from prefect.deployments import run_deployment  # noqa: E402
 
-from curation import store  # noqa: E402
+from curation import runlock, store  # noqa: E402
 from curation.config import Config  # noqa: E402
 from flows import stages  # noqa: E402
 from flows.stages import STAGE_HELP  # noqa: E402
@@ -43,10 +46,34 @@ def _run_name(run_dir: Path) -> str:
     return f"{run_dir.parent.name}-{run_dir.name}"
 
 
+def limit_name(run_dir: Path) -> str:
+    """The Prefect global concurrency limit of the dataset folder holding `run_dir` (one writer at a time)."""
+    return "distillery" + re.sub(r"[^A-Za-z0-9]+", "-", str(runlock.lock_path(run_dir).parent))
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, what: str, *, wait: bool, lock_owner: str | None) -> Iterator[None]:
+    """Hold the dataset folder for a flow: a slot of its Prefect concurrency limit, then the file lock.
+
+    A top-level flow run queues on the limit (created by `distillery serve` for every
+    deployment's folder; without it this step is a no-op); subflows and handed-off stages run
+    under their parent's hold. The file lock is what a second writer outside Prefect meets.
+    """
+    top_level = runtime.flow_run.parent_flow_run_id is None and lock_owner is None
+    # The shortest lease Prefect allows: renewed while this process lives, so a killed flow run's slot
+    # frees within about a minute instead of five.
+    queue = (concurrency(limit_name(run_dir), occupy=1, strict=False, lease_duration=60) if top_level
+             else contextlib.nullcontext())
+    with queue, runlock.hold(run_dir, what, flow_run_id=runtime.flow_run.id, wait=wait, inherit_from=lock_owner):
+        yield
+
+
 @task(name="stage", task_run_name="{stage}")
-def stage_task(stage: str, run_dir: str, config: Config, force: bool = False) -> dict[str, Any]:
+def stage_task(stage: str, run_dir: str, config: Config, force: bool = False, wait: bool = False,
+               lock_owner: str | None = None) -> dict[str, Any]:
     """Run one stage; return its manifest key, counts and whether it was skipped."""
-    outcome = stages.run(stage, Path(run_dir), config, force=force)
+    outcome = stages.run(stage, Path(run_dir), config, force=force, wait=wait, flow_run_id=runtime.flow_run.id,
+                         inherit_from=lock_owner)
     manifest = outcome.manifest
     logger = get_run_logger()
     if outcome.skipped:
@@ -62,9 +89,10 @@ def _publish(stage: str, run_dir: Path) -> None:
     """Markdown artifacts: each data card after `cards`, the eval table after `eval`."""
     name = _run_name(run_dir)
     if stage == "cards":
-        for which in ("sft", "grpo"):
-            card = run_dir / "cards" / which / "README.md"
-            create_markdown_artifact(card.read_text(), key=artifact_key(name, which, "card"),
+        from data_cards.render import SETS, inline_markdown
+
+        for which in SETS:
+            create_markdown_artifact(inline_markdown(run_dir / "cards" / which), key=artifact_key(name, which, "card"),
                                      description=f"{which.upper()} data card of {name}")
     elif stage == "eval":
         from training import evaluate
@@ -76,9 +104,11 @@ def _publish(stage: str, run_dir: Path) -> None:
 def _stage_flow(stage: str) -> Flow:
     """The Prefect flow of one stage, named after it (deployments are `<stage>/<name>`)."""
 
-    def run_one(run_dir: str, config: Config, force: bool = False) -> dict[str, Any]:
-        result = stage_task.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=10)(
-            stage, run_dir, config, force)
+    def run_one(run_dir: str, config: Config, force: bool = False, wait: bool = False,
+                lock_owner: str | None = None) -> dict[str, Any]:
+        with writing(Path(run_dir), f"flow {stage}", wait=wait, lock_owner=lock_owner):
+            result = stage_task.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=10)(
+                stage, run_dir, config, force, wait, lock_owner)
         _publish(stage, Path(run_dir))
         return result
 
@@ -101,10 +131,13 @@ STAGE_FLOWS: dict[str, Flow] = {stage: globals()[f"{stage}_flow"] for stage in s
 
 
 def _hand_off(stage: str, run_dir: str, config: Config) -> dict[str, Any]:
-    """Run a training stage through its deployment (a TPU work pool in production) and wait for it."""
+    """Run a training stage through its deployment (a TPU work pool in production) and wait for it.
+
+    The child runs under this flow run's hold of the run folder (`lock_owner`).
+    """
     name = f"{stage}/{config.orchestration.training_deployment}"
-    run = run_deployment(name, parameters={"run_dir": run_dir, "config": config.model_dump(mode="json")},
-                         timeout=None)
+    run = run_deployment(name, parameters={"run_dir": run_dir, "config": config.model_dump(mode="json"),
+                                           "lock_owner": runtime.flow_run.id}, timeout=None)
     if run.state is None or not run.state.is_completed():
         raise RuntimeError(f"{name}: flow run {run.name} ended {run.state.name if run.state else 'without a state'}")
     return {"stage": stage, "deployment": name, "flow_run": str(run.id)}
@@ -112,14 +145,19 @@ def _hand_off(stage: str, run_dir: str, config: Config) -> dict[str, Any]:
 
 @flow(name="curate-and-train", description="every stage in order: curation, data cards, SFT, GRPO, evaluation",
       validate_parameters=True)
-def curate_and_train(run_dir: str, config: Config, force: bool = False) -> list[dict[str, Any]]:
-    """Run every stage in order; complete stages are skipped, so a re-run resumes at the first failure."""
+def curate_and_train(run_dir: str, config: Config, force: bool = False, wait: bool = False) -> list[dict[str, Any]]:
+    """Run every stage in order; complete stages are skipped, so a re-run resumes at the first failure.
+
+    The run folder's dataset is held for the whole flow; `wait` waits for another writer instead
+    of failing.
+    """
     results = []
-    for stage in stages.STAGES:
-        if stage in stages.TRAINING and config.orchestration.training_deployment:
-            results.append(_hand_off(stage, run_dir, config))
-        else:
-            results.append(STAGE_FLOWS[stage](run_dir=run_dir, config=config, force=force))
+    with writing(Path(run_dir), "flow curate-and-train", wait=wait, lock_owner=None):
+        for stage in stages.STAGES:
+            if stage in stages.TRAINING and config.orchestration.training_deployment:
+                results.append(_hand_off(stage, run_dir, config))
+            else:
+                results.append(STAGE_FLOWS[stage](run_dir=run_dir, config=config, force=force))
     return results
 
 
@@ -131,10 +169,17 @@ def next_version(dataset_dir: Path) -> str:
 
 @flow(name="refresh", description="pull sources anew, dedup against every earlier version, curate only new rows",
       validate_parameters=True)
-def refresh(dataset_dir: str, config: Config) -> dict[str, Any]:
+def refresh(dataset_dir: str, config: Config, wait: bool = False) -> dict[str, Any]:
     """Write a new dataset version from fresh pulls, kept only when new rows survive dedup."""
-    logger = get_run_logger()
     dataset = Path(dataset_dir)
+    # The lock covers the whole dataset folder: every version, the dedup index and refresh.json.
+    with writing(dataset / next_version(dataset), "flow refresh", wait=wait, lock_owner=None):
+        return _refresh(dataset, config)
+
+
+def _refresh(dataset: Path, config: Config) -> dict[str, Any]:
+    """The refresh itself, under the dataset folder's lock."""
+    logger = get_run_logger()
     attempts_file = dataset / "refresh.json"
     attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
     version = next_version(dataset)

@@ -30,7 +30,7 @@ def model_card_lines(run_dir: Path) -> str:
 
     card = run_dir / "grpo" / export.MODEL_DIR / model_card.README
     if not card.is_file():
-        return f"model card: none yet ({card} is written by `distillery eval`)"
+        return "model card: not written yet (the eval stage writes grpo/model/README.md)"
     return f"model card: {card}\n{eval_table(run_dir)}"
 
 

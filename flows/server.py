@@ -78,6 +78,7 @@ def serve() -> int:
 
     from flows import deployments
 
+    deployments.create_concurrency_limits()
     prefect_serve(*deployments.runner_deployments())
     return 0
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation import store
+from curation import runlock, store
 from curation.config import Config
 
 STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
@@ -33,7 +33,7 @@ STAGE_HELP = {
 def _pull(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from curation import pull
 
-    return pull.run(run_dir, config.pull(), force=force)
+    return pull.run(run_dir, config.pull_stage(), force=force)
 
 
 def _dedup(run_dir: Path, config: Config, force: bool) -> store.Manifest:
@@ -52,8 +52,9 @@ def _generate(run_dir: Path, config: Config, force: bool) -> store.Manifest:
 
 def _filter(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from curation import filters
+    from flows.secrets import judge_api_key
 
-    return filters.run(run_dir, config.filter, force=force)
+    return filters.run(run_dir, config.filter, force=force, judge_api_key=judge_api_key(config.filter.judge))
 
 
 def _build(run_dir: Path, config: Config, force: bool) -> store.Manifest:
@@ -110,10 +111,17 @@ class Outcome:
     skipped: bool
 
 
-def run(stage: str, run_dir: Path, config: Config, *, force: bool = False) -> Outcome:
-    """Run one stage on `run_dir`; skipped when its manifest key matches a complete output."""
-    write_config(run_dir, config)
-    before = store.Manifest.read(run_dir / stage / store.MANIFEST)
-    manifest = RUNNERS[stage](run_dir, config, force)
+def run(stage: str, run_dir: Path, config: Config, *, force: bool = False, wait: bool = False,
+        flow_run_id: str | None = None, inherit_from: str | None = None) -> Outcome:
+    """Run one stage on `run_dir` under the dataset folder's lock; skipped when its output is complete.
+
+    `wait`: wait for another writer of the folder instead of failing; `flow_run_id` names the
+    Prefect flow run in the lock; `inherit_from` lets a stage handed off by that flow run run
+    under its lock (see `curation.runlock.hold`).
+    """
+    with runlock.hold(run_dir, f"stage {stage}", flow_run_id=flow_run_id, wait=wait, inherit_from=inherit_from):
+        write_config(run_dir, config)
+        before = store.Manifest.read(run_dir / stage / store.MANIFEST)
+        manifest = RUNNERS[stage](run_dir, config, force)
     # A stage that recomputes writes a new manifest; the same one back means nothing ran.
     return Outcome(stage=stage, manifest=manifest, skipped=before == manifest)

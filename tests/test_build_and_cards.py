@@ -16,6 +16,7 @@ from curation import answers, build, dedup, filters, generate, pull, store, veri
 from curation.config import BuildConfig, DedupConfig, FilterConfig, ProceduralSource, PullConfig, TeacherConfig
 from data_cards import cards
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.markdown import bare_tags
 
 SECRET = "sk-test-secret-not-for-cards-123"
 
@@ -32,7 +33,8 @@ def _teacher_answer():
         mode = sum(map(ord, problem)) % 3
         right = mode == 0 or (mode == 2 and calls[problem] % 2 == 1)
         shown = value if right else value + 1
-        return f"<reasoning>\nWe add the numbers from left to right and get {shown}.\n</reasoning>\n<answer>\n{shown}\n</answer>"
+        return (f"<reasoning>\nFrom left to right, {expression} = {value}. So we get {shown}.\n</reasoning>\n"
+                f"<answer>\n{shown}\n</answer>")
 
     return answer
 
@@ -170,3 +172,118 @@ def test_card_summary_fits_one_screen(built_run, capsys):
 def test_rerun_of_cards_is_skipped(built_run):
     before = store.Manifest.read(built_run / "cards" / "manifest.json")
     assert cards.run(built_run, seed=4).started_at == before.started_at
+
+
+def test_sft_card_shows_the_verifier_audit_and_rejected_examples(built_run):
+    text = (built_run / "cards" / "sft" / "README.md").read_text()
+    stats = json.loads((built_run / "filter" / "stats.json").read_text())
+    audit = stats["audit"]
+    assert audit["checked"] > 0 and audit["step_claims_checked"] > 0
+    assert f"| answers checked (math-verify) | {audit['checked']} |" in text
+    assert f"| arithmetic claims in traces checked exactly | {audit['step_claims_checked']} |" in text
+    wrong = stats["examples"]["wrong_answer"]
+    assert len(wrong) == 2 and f"`{wrong[0]['detail']}`" in text
+
+
+def test_card_shows_contamination_evidence_side_by_side(tmp_path):
+    from tests.conftest import write_jsonl
+
+    run = tmp_path / "runs" / "leaky" / "v1"
+    pull.run(run, PullConfig(seed=4, sources=[ProceduralSource(task="chain_sum", n=12)]))
+    leaked = store.finished(run, "pull").read()["problem"].to_list()[:2]
+    bench = write_jsonl(tmp_path / "bench" / "test.jsonl", [{"question": q, "answer": "#### 1"} for q in leaked])
+    dedup.run(run, DedupConfig(eval_sets=[{"id": "openai/gsm8k", "split": "test", "data_files": str(bench)}]))
+    with FakeOpenAI(supports_n=False, answer=_teacher_answer()) as server:
+        generate.run(run, TeacherConfig(backend="openai", base_url=server.base_url, model="fake-teacher", n=2))
+    filters.run(run, FilterConfig())
+    build.run(run, BuildConfig(val_fraction=0.25), student="gemma3-270m", seed=4)
+    cards.run(run, seed=4)
+    text = (run / "cards" / "sft" / "README.md").read_text()
+    assert "| openai/gsm8k | 2 | 2 |" in text  # items, training problems removed
+    assert "Removed as contaminated by openai/gsm8k, side by side" in text
+    removed = pl.read_parquet(run / "dedup" / "rejected.parquet")
+    for row in removed.iter_rows(named=True):
+        assert row["benchmark"] == "openai/gsm8k" and row["jaccard"] == 1.0
+        assert f"`{row['id']}`: {row['problem']} | `{row['benchmark_id']}`: {row['problem']} |" in text
+
+
+def _hostile_file(path) -> tuple[int, dict[str, str]]:
+    """A GSM8K-format file: 10 good rows (one with HTML and markdown) and one row of each hostile kind.
+
+    Returns the good count and, per hostile source row, the reason it must be rejected with.
+    """
+    good = [{"question": f"Tom has {i} apples and buys {i + 3} more. How many apples now?",
+             "answer": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"} for i in range(9)]
+    good.append({"question": "<script>alert(1)</script> <b>Sam</b> has 2 pens and\n# gets\n```\n3 more. How many?",
+                 "answer": "2 + 3 = 5\n#### 5"})
+    hostile = [
+        (json.dumps({"question": "NUL\u0000 and BEL\u0007 inside", "answer": "#### 2"}).encode(), "control_characters"),
+        (b'{"question": "bad bytes \xff\xfe here", "answer": "#### 1"}', "invalid_utf8"),
+        (json.dumps({"question": "x " * 5_000_000, "answer": "#### 3"}).encode(), "too_long"),
+        (json.dumps({"question": 12345, "answer": "#### 5"}).encode(), "wrong_type"),
+        (json.dumps({"question": "Text where a number belongs?", "answer": "#### seventy"}).encode(),
+         "unparsable_answer"),
+        (json.dumps({"question": "A NaN gold?", "answer": "#### nan"}).encode(), "non_finite_answer"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested_too_deep"),
+        (b"this line is not JSON", "malformed_row"),
+    ]
+    lines = [json.dumps(row).encode() for row in good]
+    expected = {}
+    for line, reason in hostile:
+        expected[f"train/{len(lines)}"] = reason
+        lines.append(line)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return len(good), expected
+
+
+def test_hostile_rows_are_counted_rejects_and_the_card_escapes_row_text(tmp_path):
+    data = tmp_path / "hostile" / "train.jsonl"
+    data.parent.mkdir()
+    good, expected = _hostile_file(data)
+    run = tmp_path / "runs" / "hostile" / "v1"
+    pull.run(run, PullConfig(seed=1, sources=[{"kind": "hub", "id": "openai/gsm8k", "data_files": str(data)}]))
+    rejected = pl.read_parquet(run / "pull" / "rejected.parquet")
+    assert dict(zip(rejected["source_id"], rejected["reject_reason"])) == expected
+    assert store.finished(run, "pull").read().height == good
+    dedup.run(run, DedupConfig())
+
+    def teacher(prompt: str) -> str:  # right answers, in text a model might write: tags, fences, HTML
+        answer = "5" if "Sam" in prompt else str(2 * int(re.findall(r"has (\d+) apples", prompt)[-1]) + 3)
+        return (f"<reasoning>\n<b>Adding</b> ``` fenced? ``` <div>\n# not a heading\n</div> gives {answer}.\n"
+                f"</reasoning>\n<answer>\n{answer}\n</answer>")
+
+    with FakeOpenAI(supports_n=False, answer=teacher) as server:
+        generate.run(run, TeacherConfig(backend="openai", base_url=server.base_url, model="fake-teacher", n=1))
+    filters.run(run, FilterConfig(min_tokens=1))
+    build.run(run, BuildConfig(val_fraction=0.25, drop_zero_advantage=False), student="gemma3-270m", seed=1)
+    cards.run(run, seed=1)
+    for which in ("sft", "grpo"):
+        text = (run / "cards" / which / "README.md").read_text()
+        assert not [line for line in text.splitlines() if line.startswith("<")]
+        assert not bare_tags(text)  # row text is escaped or in code, whatever it holds
+
+
+def _load_card_folder(folder) -> dict[str, int]:
+    """`datasets.load_dataset(folder)` as a Hub user would open the card's repo: rows per split."""
+    loaded = datasets.load_dataset(str(folder))
+    return {split: loaded[split].num_rows for split in loaded}
+
+
+def test_card_folders_load_with_datasets_even_with_an_empty_validation_split(built_run, tmp_path):
+    for which in ("sft", "grpo"):
+        sizes = json.loads((built_run / "cards" / which / "card.json").read_text())["sizes"]
+        assert _load_card_folder(built_run / "cards" / which) == sizes  # both splits have rows here
+    run = tmp_path / "runs" / "novalidation" / "v1"
+    pull.run(run, PullConfig(seed=4, sources=[ProceduralSource(task="chain_sum", n=8)]))
+    dedup.run(run, DedupConfig())
+    with FakeOpenAI(supports_n=False, answer=_teacher_answer()) as server:
+        generate.run(run, TeacherConfig(backend="openai", base_url=server.base_url, model="fake-teacher", n=2))
+    filters.run(run, FilterConfig())
+    build.run(run, BuildConfig(val_fraction=1e-9, drop_zero_advantage=False), student="gemma3-270m", seed=4)
+    cards.run(run, seed=4)
+    for which in ("sft", "grpo"):
+        card = json.loads((run / "cards" / which / "card.json").read_text())
+        assert card["sizes"]["validation"] == 0 and card["sizes"]["train"] > 0
+        assert _load_card_folder(run / "cards" / which) == {"train": card["sizes"]["train"]}
+        assert [c["split"] for c in _front_matter(run / "cards" / which / "README.md")["configs"][0]["data_files"]] \
+            == ["train"]

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import polars as pl
 
 from curation.answers import boxed_contents, plain_number
-from curation.schema import Problem, Rejected, RejectReason, problems_frame, rejected_frame
+from curation.schema import Problem, Rejected, RejectReason, as_text, problems_frame, rejected_frame
 from curation.sources.rows import make_problem
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class SourceError(Exception):
 
 
 Row = dict[str, Any]
+_NON_FINITE = {"nan", "inf", "infinity"}
 
 
 def _gsm8k(row: Row, source: str, source_id: str) -> Problem | Rejected:
@@ -42,6 +43,10 @@ def _gsm8k(row: Row, source: str, source_id: str) -> Problem | Rejected:
     gold: Any = solution
     if isinstance(solution, str):
         tail = solution.rsplit("####", 1)[1].strip() if "####" in solution else ""
+        if tail.lower().lstrip("+-") in _NON_FINITE:
+            return Rejected(source=source, source_id=source_id, reason=RejectReason.NON_FINITE_ANSWER,
+                            detail=f"gold answer {tail!r} after '####' is not a finite number",
+                            problem=as_text(row.get("question")), answer=tail, solution=solution)
         value = plain_number(tail) if tail else None
         gold = format(value, "f") if value is not None else ""
     return make_problem(source=source, source_id=source_id, problem=row.get("question"), answer=gold,
@@ -139,7 +144,8 @@ def _map_row(fmt: HubFormat, row: Row, split: str, index: int) -> Problem | Reje
     row_id = row.get(fmt.id_field) if fmt.id_field and isinstance(row, dict) else None
     source_id = str(row_id) if isinstance(row_id, str) and row_id else f"{split}/{index}"
     if "__malformed__" in row:
-        return Rejected(source=fmt.hub_id, source_id=source_id, reason=RejectReason.MALFORMED_ROW,
+        return Rejected(source=fmt.hub_id, source_id=source_id,
+                        reason=RejectReason(row.get("__reason__", RejectReason.MALFORMED_ROW)),
                         detail=row["__malformed__"])
     return fmt.mapper(row, fmt.hub_id, source_id)
 
@@ -173,10 +179,13 @@ def _local_rows(files: list[Path]) -> Iterator[Row]:
     builder = _FILE_BUILDERS[files[0].suffix]
     try:
         dataset = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-    except datasets.exceptions.DatasetGenerationError as err:
+    except Exception as err:  # noqa: BLE001 - pyarrow, pandas and UTF-8 errors all mean "not clean columns"
         if builder != "json":
             raise SourceError(f"cannot read {', '.join(map(str, files))}: {err.__cause__ or err}") from err
-        logger.warning("datasets could not parse %s (%s); reading it line by line", files, err.__cause__ or err)
+        # Mixed types in a column, invalid UTF-8 or a broken line: read each line alone, so one bad
+        # row is one counted reject (naming file:line) instead of the whole file failing.
+        logger.warning("datasets could not read %s as clean columns (%s: %s); reading it line by line",
+                       ", ".join(f.name for f in files), type(err).__name__, str(err.__cause__ or err)[:200])
         yield from _jsonl_lines(files)
         return
     yield from dataset
@@ -185,14 +194,22 @@ def _local_rows(files: list[Path]) -> Iterator[Row]:
 def _jsonl_lines(files: Iterable[Path]) -> Iterator[Row]:
     """Rows of jsonl files, one per line; a bad line becomes a marked row naming file:line."""
     for path in files:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as err:
+                    yield {"__malformed__": f"{path.name}:{number}: invalid UTF-8 at byte {err.start} of the line",
+                           "__reason__": RejectReason.INVALID_UTF8}
+                    continue
                 except json.JSONDecodeError as err:
                     yield {"__malformed__": f"{path.name}:{number}: invalid JSON ({err.msg})"}
+                    continue
+                except RecursionError:
+                    yield {"__malformed__": f"{path.name}:{number}: JSON nested too deeply to read",
+                           "__reason__": RejectReason.NESTED_TOO_DEEP}
                     continue
                 if not isinstance(row, dict):
                     yield {"__malformed__": f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}"}

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from curation.store import WriteError
 from curation.teacher import Completion
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,11 @@ class RequestCache:
         """Record a finished sample and flush it to the OS at once."""
         entry = {**entry, "key": key}
         self._entries[key] = entry
-        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._handle.flush()
+        try:
+            self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._handle.flush()
+        except OSError as error:  # a full disk: say which file, not a traceback from deep in asyncio
+            raise WriteError(error.errno, f"cannot append to {self.path}: {error.strerror or error}") from error
 
     def close(self) -> None:
         """Close the file."""

@@ -110,3 +110,27 @@ def test_is_equivalent_in_a_thread_does_not_raise():
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(is_equivalent, "\\frac{2}{4}", "0.5").result() is True
+
+
+def test_the_audit_counts_what_the_verifier_could_not_read_or_decide():
+    from curation import verifier
+    from curation.sources import procedural
+    from curation.teacher.prompts import format_trace
+
+    kept, _ = procedural.load("fraction_simplification", 40, seed=2)
+    row = next(r for r in kept.iter_rows(named=True) if "/" in r["answer"] and "frac" not in r["answer"])
+    meta = json.loads(row["meta"])["entry"]["metadata"]
+    unreduced = f"{meta['numerator']}/{meta['denominator']}"
+    completions = [format_trace("r", "72"),  # right
+                   "no answer here",  # no answer
+                   format_trace("r", "7"),  # a gold math-verify cannot read
+                   format_trace("r", "\\frac{"),  # a prediction it cannot read
+                   format_trace("r", unreduced),  # math-verify yes, the generator no
+                   format_trace("r", row["answer"])]  # both yes
+    golds = ["72", "72", "\\frac{", "3", row["answer"], row["answer"]]
+    sources = ["openai/gsm8k"] * 4 + [row["source"]] * 2
+    metas = ["{}"] * 4 + [row["meta"]] * 2
+    results, audit = verifier.verify(completions, golds, sources, metas, deadline_s=20)
+    assert results == [True, False, False, False, False, True]
+    assert audit == verifier.Audit(checked=6, no_answer=1, gold_unparsed=1, pred_unparsed=1, no_verdict=0,
+                                   generator_checked=2, verify_yes_generator_no=1, verify_no_generator_yes=0)

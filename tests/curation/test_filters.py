@@ -77,7 +77,8 @@ def test_best_of_n_keeps_k_shortest_distinct_traces_and_records_pass_rates():
 
 
 def test_a_pathological_answer_costs_one_deadline_and_the_rest_still_get_verdicts():
-    problems = pl.DataFrame({"id": ["p", "q"], "source": ["test"] * 2, "answer": ["5", "\\frac{1}{2}"],
+    problems = pl.DataFrame({"id": ["p", "q"], "problem": ["?"] * 2, "source": ["test"] * 2,
+                             "answer": ["5", "\\frac{1}{2}"],
                              "meta": ["{}"] * 2})
     # sympy does not finish 9^(9^(9^9)) (measured: no verdict after 5 s); 2/4 needs sympy too.
     traces = _generations(problems, [(0, format_trace(REASONING, "9^{9^{9^9}}"), "stop"),
@@ -112,3 +113,32 @@ def test_procedural_answers_also_need_the_generators_full_score():
     completions = [format_trace(REASONING, row["answer"]), format_trace(REASONING, unreduced)]
     assert answers.is_equivalent(unreduced, row["answer"])  # math-verify alone would accept it
     assert verifier.verdicts(completions, [row["answer"]] * 2, [row["source"]] * 2, [row["meta"]] * 2) == [True, False]
+
+
+def test_a_trace_with_a_false_step_leaves_as_wrong_step_with_the_claim():
+    problems = _problems()
+    gold = problems["answer"][0]
+    slip = f"The greatest common divisor of 60 and 57 is 6. 60 / 6 = 10 and 57 / 6 = 15. So we get {gold}."
+    traces = [(0, format_trace(slip, gold), "stop"), (0, format_trace(REASONING, gold), "stop")]
+    result = filters.filter_traces(_generations(problems, traces), problems, FilterConfig(min_tokens=1))
+    assert result.rejected.select("sample_idx", "reject_reason", "reject_detail").rows() == [
+        (0, "wrong_step", "false: 57 / 6 = 15")]
+    assert result.kept["sample_idx"].to_list() == [1]
+    audit = result.stats.audit
+    assert (audit["step_claims_checked"], audit["traces_with_false_steps"]) == (2, 1)  # 60/6=10 true, 57/6=15 false
+    unchecked = filters.filter_traces(_generations(problems, traces), problems,
+                                      FilterConfig(min_tokens=1, check_steps=False))
+    assert unchecked.rejected.is_empty() and "step_claims_checked" not in unchecked.stats.audit
+
+
+def test_stats_keep_two_examples_per_reject_reason_with_their_evidence():
+    problems = _problems()
+    gold = problems["answer"].to_list()
+    traces = [(p, format_trace(REASONING, str(int(gold[p]) + 1)), "stop") for p in range(3)]
+    traces += [(0, "no tags at all", "stop")]
+    result = filters.filter_traces(_generations(problems, traces), problems, FilterConfig(min_tokens=1))
+    shown = result.stats.examples
+    assert sorted(shown) == ["bad_format", "wrong_answer"] and len(shown["wrong_answer"]) == 2
+    first = shown["wrong_answer"][0]
+    assert first["detail"].startswith("answered ") and first["excerpt"].startswith("<reasoning>")
+    assert shown["bad_format"][0]["detail"].startswith("needs each tag exactly once")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -124,3 +125,25 @@ def test_process_killed_mid_write_never_leaves_a_torn_parquet(tmp_path):
         frame = pl.read_parquet(target)
         assert frame.height == 2_000_000
         assert (frame["x"].diff().drop_nulls() == 1).all()
+
+
+def test_a_full_disk_fails_the_stage_naming_the_file_and_keeps_the_previous_output(tmp_path):
+    """A write past RLIMIT_FSIZE (EFBIG, as ENOSPC would) leaves the last complete output and no temp files."""
+    run = tmp_path / "runs" / "ds" / "v1"
+    argv = [sys.executable, "-m", "flows.cli", "pull", "--run", str(run), "--set",
+            "sources=[{kind: procedural, task: basic_arithmetic, n: 5}]"]
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=120).returncode == 0
+    before = store.finished(run, "pull")
+    files = {p.name: p.read_bytes() for p in (run / "pull").iterdir()}
+
+    def small_files() -> None:  # in the child: files may not grow past 64 KB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    bigger = [*argv[:-1], "sources=[{kind: procedural, task: basic_arithmetic, n: 3000}]"]
+    failed = subprocess.run(bigger, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("distillery pull: error: [Errno 27] cannot write ") and "/pull/" in line
+    assert "File too large" in line
+    assert {p.name: p.read_bytes() for p in (run / "pull").iterdir()} == files  # untouched, no temp left
+    assert store.finished(run, "pull").manifest == before.manifest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from flows import stages
 from flows.secrets import SecretError
 from tests.conftest import write_jsonl
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.markdown import bare_tags
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -99,15 +101,21 @@ def test_stage_flow_publishes_card_artifacts(prefect_api, tmp_path):
     for stage in stages.CURATION:
         pipeline.STAGE_FLOWS[stage](run_dir=str(run_dir), config=config)
 
-    async def keys() -> set[str]:
+    async def artifacts() -> dict[str, str]:
         async with get_client() as client:
-            return {a.key for a in await client.read_artifacts() if a.key}
+            return {a.key: a.data for a in await client.read_artifacts() if a.key}
 
     import asyncio
 
-    found = asyncio.run(keys())
-    assert {"tiny-set-v1-sft-card", "tiny-set-v1-grpo-card"} <= found
+    found = asyncio.run(artifacts())
+    assert {"tiny-set-v1-sft-card", "tiny-set-v1-grpo-card"} <= set(found)
     assert all(re.fullmatch(r"[a-z0-9-]+", key) for key in found)
+    for key in ("tiny-set-v1-sft-card", "tiny-set-v1-grpo-card"):
+        markdown = found[key]
+        assert not markdown.startswith("---") and "## Funnel" in markdown  # no front matter, the card body
+        images = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", markdown)
+        assert images and all(src.startswith("data:image/png;base64,") for src in images)
+        assert not bare_tags(markdown)  # every tag escaped or in code
 
 
 def test_refresh_writes_a_version_only_with_new_rows(prefect_api, tmp_path):
@@ -159,3 +167,39 @@ def test_teacher_key_comes_from_a_prefect_secret_block_and_is_never_written(pref
     missing = config.model_copy(update={"teacher": config.teacher.model_copy(update={"api_key_block": "no-such"})})
     with pytest.raises(SecretError, match="teacher.api_key_block='no-such'"):
         stages.run("generate", run_dir, missing, force=True)
+
+
+def test_a_second_flow_on_the_same_folder_waits_in_prefect(prefect_api, tmp_path):
+    """With the folder's concurrency limit (distillery serve creates it), a second run queues, then skips."""
+    import threading
+
+    from prefect import get_client
+
+    from curation import dedup, pull
+    from curation.config import DedupConfig, ProceduralSource, PullConfig
+    from flows import pipeline
+
+    run_dir = tmp_path / "runs" / "queued" / "v1"
+    pull.run(run_dir, PullConfig(seed=3, sources=[ProceduralSource(task="basic_arithmetic", n=4)]))
+    dedup.run(run_dir, DedupConfig())
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(pipeline.limit_name(run_dir), limit=1)
+    finished: dict[str, tuple[float, dict]] = {}
+    with FakeOpenAI(latency_s=3) as teacher:
+        config = load_config("tiny", sets=["teacher.backend=openai", f"teacher.base_url={teacher.base_url}",
+                                           "teacher.model=fake", "teacher.n=1"])
+
+        def run(name: str) -> None:
+            result = pipeline.generate_flow(run_dir=str(run_dir), config=config)
+            finished[name] = (time.monotonic(), result)
+
+        first = threading.Thread(target=run, args=("first",))
+        first.start()
+        time.sleep(1.0)
+        second = threading.Thread(target=run, args=("second",))
+        second.start()
+        first.join(120)
+        second.join(120)
+        assert teacher.requests == 4  # the second run asked nothing: it waited, then found the output complete
+    assert finished["first"][1]["skipped"] is False and finished["second"][1]["skipped"] is True
+    assert finished["second"][0] >= finished["first"][0]

@@ -162,7 +162,7 @@ def random_gemma3(heads: int, kv_heads: int, *, layers: int = 6, window: int = 8
 
     import jax
     from flax import nnx
-    from tunix.registry.gemma3 import model as gemma3
+    from tunix.models.gemma3 import model as gemma3
 
     config = dataclasses.replace(registry.tiny_config(), num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
                                  sliding_window_size=window)

@@ -1,0 +1,97 @@
+"""One writer per dataset folder: a second writer fails at once naming the holder, a dead one's lock is taken over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from curation import dedup, pull, runlock
+from curation.config import DedupConfig, ProceduralSource, PullConfig
+from tests.support.fake_openai import FakeOpenAI
+
+HOLD = ("import sys, time; from pathlib import Path; from curation import runlock\n"
+        "with runlock.hold(Path(sys.argv[1]), 'stage test', flow_run_id='parent-run'):\n"
+        "    print('held', flush=True); time.sleep(60)\n")
+
+
+def _holding(run_dir) -> subprocess.Popen:
+    """A child process that holds the lock of `run_dir` (as flow run 'parent-run') until killed."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_second_writer_fails_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path, caplog):
+    run_dir = tmp_path / "runs" / "demo" / "v1"
+    child = _holding(run_dir)
+    try:
+        with pytest.raises(runlock.RunLockedError) as raised, runlock.hold(tmp_path / "runs" / "demo" / "v2", "x"):
+            pass
+        message = str(raised.value)
+        assert f"pid {child.pid} on " in message and "stage test, flow run parent-run, since 20" in message
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with caplog.at_level("WARNING"), runlock.hold(run_dir, "stage after") as me:
+        assert me.pid == os.getpid() and me.what == "stage after"
+    assert f"taking over the lock left by pid {child.pid}" in caplog.text and "its process is gone" in caplog.text
+    assert (tmp_path / "runs" / "demo" / ".distillery.lock").read_text() == ""  # released cleanly
+
+
+def test_the_lock_is_reentrant_in_a_process_and_inherited_by_a_handed_off_stage(tmp_path):
+    run_dir = tmp_path / "ds" / "v1"
+    with runlock.hold(run_dir, "flow"), runlock.hold(run_dir, "stage"):  # curate-and-train, then its stage
+        assert runlock.holder(runlock.lock_path(run_dir)).what == "flow"
+    child = _holding(run_dir)
+    try:
+        with runlock.hold(run_dir, "stage sft", inherit_from="parent-run") as under:
+            assert under.pid == child.pid  # ran under the parent's hold
+        with pytest.raises(runlock.RunLockedError):
+            with runlock.hold(run_dir, "stage sft", inherit_from="another-run"):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_wait_waits_for_the_holder_to_finish(tmp_path):
+    run_dir = tmp_path / "ds" / "v1"
+    child = _holding(run_dir)
+    started = time.monotonic()
+    killer = subprocess.Popen([sys.executable, "-c", f"import os, time; time.sleep(2); os.kill({child.pid}, 9)"])
+    with runlock.hold(run_dir, "waiting stage", wait=True, poll_s=0.1) as me:
+        assert me.what == "waiting stage" and time.monotonic() - started >= 1.5
+    killer.wait()
+    child.wait()
+
+
+def test_two_cli_generates_on_one_run_folder(tmp_path):
+    """The second `distillery generate` exits non-zero within 2 s naming the first; after a SIGKILL, a third runs."""
+    run = tmp_path / "runs" / "demo" / "v1"
+    pull.run(run, PullConfig(seed=3, sources=[ProceduralSource(task="basic_arithmetic", n=6)]))
+    dedup.run(run, DedupConfig())
+    with FakeOpenAI(latency_s=30) as server:  # the first generate is still waiting on its teacher
+        argv = [sys.executable, "-m", "flows.cli", "generate", "--run", str(run), "--set", "teacher.backend=openai",
+                "--set", f"teacher.base_url={server.base_url}", "--set", "teacher.model=fake", "--set", "teacher.n=1"]
+        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while server.requests == 0:  # it holds the lock before it sends anything
+            assert time.monotonic() < deadline and first.poll() is None, "the first generate never asked"
+            time.sleep(0.05)
+        started = time.monotonic()
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and time.monotonic() - started < 2, time.monotonic() - started
+        line = second.stderr.strip().splitlines()[-1]
+        assert line.startswith("distillery generate: error: ") and f"being written by pid {first.pid}" in line
+        assert "stage generate" in line
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        server.latency_s = 0.0
+        third = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the lock left by pid {first.pid}" in third.stderr
