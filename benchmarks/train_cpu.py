@@ -1,26 +1,26 @@
-"""Training-loop overhead: our SFT (and GRPO) loops against bare Tunix loops on the same batch.
+"""Training speed on CPU: our SFT loop against a bare Tunix loop, and GRPO rollouts on our engine against Tunix's.
 
 SFT. "ours" is `training.sft.train` itself: its trainer subclass (a host read of every
-step's loss for metrics.jsonl), its data batches, its checkpoint options (orbax saves every
-`sft.checkpoint_every` steps, as configured) and its progress bar. "bare" is a plain Tunix
-PeftTrainer on the same LoRA model (same qwix rank, alpha, targets and seed), the same
-optimizer, loss and model-input functions, and no hooks, metrics file or checkpoints. Both
-train on one fixed batch of `--batch` rows of exactly `--length` tokens (BOS + prompt +
-completion, tokenized by `sft.encode`), so every step costs the same.
+step's loss for metrics.jsonl), its data batches, its orbax checkpoints (every
+`--checkpoint-every` steps: at least one falls inside the timed steps) and its progress bar.
+"bare" is a plain Tunix PeftTrainer on the same LoRA model (same qwix rank, alpha, targets
+and seed), the same optimizer, loss and model-input functions, and no hooks, metrics file
+or checkpoints. Both train on one fixed batch of `--batch` rows of exactly `--length`
+tokens, so every step costs the same. The loop's own requests for the next batch are
+timestamped; a round runs `--warmup + --steps` steps and times the last `--steps`.
 
-GRPO. "ours" is `training/grpo.py`'s learner with the rewards of `training/rewards.py`;
-"bare" is Tunix's GRPOLearner on an RLCluster with one trivial reward and the same rollout
-settings (stop ids included).
+GRPO rollouts. The same `training.grpo.train` (same prompts, G generations each, up to
+`--grpo-new-tokens` new tokens, temperature and top-k 64 alike) with
+`grpo.rollout_engine=vanilla` (Tunix's Sampler) and `=distillery` (our decode loop). A step
+is timed from one finished update to the next (the GRPO recorder's per-step seconds in
+metrics.jsonl), after `--warmup` steps.
 
-How it is timed: the loop's own requests for the next batch are timestamped (one clock
-for both loops); a round runs `--warmup + --steps` steps and times the last `--steps`, so
-compilation is not counted. Rounds alternate ours, bare, ours, bare… to spread drift from
-other load; each figure is the median over rounds of seconds per step. tokens/s counts
-every non-pad token (prompt + completion). Last lines: `sft_ratio_ours_to_bare=X` and
-`grpo_ratio_ours_to_bare=Y` (ours seconds/step over bare; <= 1.05 is the target).
+Rounds alternate the two sides of each comparison, `--rounds` >= 3; each figure is the
+median over rounds, printed with its spread. Last lines: `sft_ratio_ours_to_bare=X` (ours
+seconds/step over bare; target <= 1.05) and `rollout_speedup=Y` (GRPO seconds/step,
+vanilla over distillery; target >= 1.5).
 
-    python benchmarks/train_cpu.py [--model gemma3-270m|tiny-gemma3] [--steps 4] [--warmup 2]
-                                   [--batch 2] [--length 256] [--rounds 2]
+    python benchmarks/train_cpu.py [--model gemma3-270m|tiny-gemma3] [--steps 10] [--warmup 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -112,14 +112,17 @@ def sft_bare(loaded, kept: pl.DataFrame, config, warmup: int) -> float:
 
 
 def interleaved(runs: dict, rounds: int) -> dict[str, tuple[float, float]]:
-    """Per run, the medians over rounds of (seconds per step, tokens per step), rounds alternating the runs."""
+    """Per run, the medians over rounds of (seconds per step, tokens per step); the order alternates each round."""
     measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for round_ in range(rounds):
-        for name, run in runs.items():
-            seconds, tokens = run()
+        for name in (list(runs) if round_ % 2 == 0 else list(runs)[::-1]):
+            seconds, tokens = runs[name]()
             measured[name].append((seconds, tokens))
-            print(f"  round {round_ + 1}/{rounds} {name:<9} {seconds:8.3f} s/step {tokens:7.0f} tokens/step",
+            print(f"  round {round_ + 1}/{rounds} {name:<14} {seconds:8.3f} s/step {tokens:7.0f} tokens/step",
                   flush=True)
+    for name, values in measured.items():
+        times = [s for s, _ in values]
+        print(f"  {name:<14} median {statistics.median(times):.3f} s/step (spread {min(times):.3f}..{max(times):.3f})")
     return {name: (statistics.median(s for s, _ in values), statistics.median(t for _, t in values))
             for name, values in measured.items()}
 
@@ -135,123 +138,75 @@ def grpo_prompts(loaded, batch: int) -> pl.DataFrame:
     return grpo.prompt_lengths(frame, loaded.tokenizer)
 
 
-def grpo_ours(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tuple[float, float]:
-    """(seconds per step, completion tokens per step) of `grpo.train`: its cluster, rewards, log, checkpoints."""
+def grpo_seconds(loaded, kept: pl.DataFrame, config, engine: str, warmup: int, steps: int) -> tuple[float, float]:
+    """(seconds per step, completion tokens per step) of `grpo.train` with one rollout engine, after warm-up."""
     from training import grpo, rewards
 
-    real = grpo.batches
-    made: list[StampedBatches] = []
-
-    def stamped(*args, **kwargs):
-        made.append(StampedBatches(real(*args, **kwargs)))
-        return made[-1]
-
+    config = config.model_copy(update={"grpo": config.grpo.model_copy(update={"rollout_engine": engine})})
     actor = lora.apply(loaded.model, config.sft.lora, seed=config.seed)  # B = 0: the model an adapter starts from
-    with tempfile.TemporaryDirectory() as folder, mock.patch.object(grpo, "batches", stamped):
+    with tempfile.TemporaryDirectory() as folder:
         grpo.train(loaded, actor, kept, Path(folder), config, key="benchmark", force=True,
                    reward_fns=rewards.reward_fns())
-        rows = sft.MetricsLog(Path(folder) / sft.METRICS_LOG, []).rows()
-    completion = {r["step"]: r["tokens"] for r in rows if "tokens" in r}
-    timed = [completion.get(step, 0) for step in range(warmup + 1, warmup + steps + 1)]
-    return made[-1].seconds_per_step(warmup, steps), sum(timed) / steps
-
-
-def grpo_bare(loaded, kept: pl.DataFrame, config, warmup: int, steps: int) -> tuple[float, float]:
-    """(seconds per step, completion tokens per step) of Tunix's GRPOLearner with one trivial reward."""
-    import optax
-    from tunix.rl import rl_cluster as rlc
-    from tunix.rl.grpo import grpo_learner
-    from tunix.rl.rollout import base_rollout
-
-    from training import evaluate, mesh
-
-    g = config.grpo
-    counted: list[int] = []
-
-    def zero(prompts, completions, **kwargs):  # counts tokens as our reward does, so both pay for it
-        counted.append(sum(len(loaded.tokenizer.encode(c)) for c in completions))
-        return [0.0] * len(completions)
-
-    device_mesh = mesh.create(config.mesh) or mesh.single_device()
-    roles = {rlc.Role.ACTOR: device_mesh, rlc.Role.REFERENCE: device_mesh, rlc.Role.ROLLOUT: device_mesh}
-    cache = -(-(g.max_prompt_length + g.max_new_tokens) // 64) * 64
-    cluster = rlc.RLCluster(
-        actor=lora.apply(loaded.model, config.sft.lora, seed=config.seed), reference=loaded.model,
-        tokenizer=loaded.tokenizer,
-        cluster_config=rlc.ClusterConfig(
-            role_to_mesh=roles, rollout_engine="vanilla", offload_to_cpu=False,
-            training_config=rlc.RLTrainingConfig(actor_optimizer=optax.adamw(g.learning_rate),
-                                                 eval_every_n_steps=g.steps, max_steps=g.steps),
-            rollout_config=base_rollout.RolloutConfig(max_tokens_to_generate=g.max_new_tokens,
-                                                      max_prompt_length=g.max_prompt_length,
-                                                      temperature=g.temperature, kv_cache_size=cache, seed=None,
-                                                      eos_tokens=list(evaluate.stop_ids(loaded.tokenizer,
-                                                                                        config.student.model)))))
-    learner = grpo_learner.GRPOLearner(
-        rl_cluster=cluster, algo_config=grpo_learner.GRPOConfig(num_generations=g.num_generations, beta=g.beta,
-                                                                epsilon=g.epsilon), reward_fns=[zero])
-    batch = {"prompts": kept["prompt"].to_numpy(), "gold": kept["gold"].to_numpy(),
-             "source": kept["source"].to_numpy()}
-    batches = StampedBatches([batch] * g.steps)
-    learner.train(batches)
-    return batches.seconds_per_step(warmup, steps), sum(counted[warmup : warmup + steps]) / steps
+        rows = [r for r in sft.MetricsLog(Path(folder) / sft.METRICS_LOG, []).rows() if "seconds" in r]
+    timed = [r for r in rows if warmup < r["step"] <= warmup + steps]
+    if len(timed) < steps:
+        raise ValueError(f"GRPO recorded {len(rows)} steps; timing {warmup} + {steps} needs {warmup + steps}")
+    return statistics.mean(r["seconds"] for r in timed), statistics.mean(r["tokens"] for r in timed)
 
 
 def main() -> None:
-    """Measure SFT and GRPO (when training/grpo.py has it), print the table, then the two ratio lines."""
+    """Measure SFT (ours vs bare) and GRPO rollouts (vanilla vs distillery); print the table and the two ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=registry.EMBEDDED, help=f"{registry.EMBEDDED} or {registry.TINY}")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
+    parser.add_argument("--steps", type=int, default=10, help="timed SFT steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     parser.add_argument("--batch", type=int, default=2, help="SFT rows per step")
     parser.add_argument("--length", type=int, default=256, help="SFT tokens per row (prompt + completion)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each loop")
-    parser.add_argument("--grpo-steps", type=int, default=None, help="timed GRPO steps per round (default --steps)")
-    parser.add_argument("--grpo-batch", type=int, default=None, help="GRPO prompts per step (default: profile)")
-    parser.add_argument("--grpo-new-tokens", type=int, default=None, help="GRPO completion tokens (default: profile)")
+    parser.add_argument("--checkpoint-every", type=int, default=5, help="ours: orbax checkpoint interval (SFT)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side (>= 3)")
+    parser.add_argument("--grpo-steps", type=int, default=3, help="timed GRPO steps per round")
+    parser.add_argument("--grpo-batch", type=int, default=1, help="GRPO prompts per step")
+    parser.add_argument("--generations", type=int, default=4, help="GRPO rollouts per prompt (G)")
+    parser.add_argument("--grpo-new-tokens", type=int, default=128, help="GRPO completion tokens at most")
     parser.add_argument("--skip-grpo", action="store_true")
     args = parser.parse_args()
-    grpo_steps = args.grpo_steps or args.steps
-    if min(args.steps, args.warmup, args.rounds, grpo_steps) < 1:
-        parser.error(f"--steps, --warmup, --rounds and --grpo-steps must be >= 1; got {args.steps}, {args.warmup}, "
-                     f"{args.rounds}, {grpo_steps}")
+    if min(args.steps, args.warmup, args.grpo_steps) < 1 or args.rounds < 3:
+        parser.error(f"--steps, --warmup and --grpo-steps must be >= 1 and --rounds >= 3; got {args.steps}, "
+                     f"{args.warmup}, {args.grpo_steps}, {args.rounds}")
+    if args.checkpoint_every > args.steps:
+        parser.error(f"--checkpoint-every {args.checkpoint_every} > --steps {args.steps}: no checkpoint would fall "
+                     f"inside the timed steps")
     sets = [f"student.model={args.model}", f"sft.steps={args.warmup + args.steps}", f"sft.batch_size={args.batch}",
-            f"sft.max_length={args.length}", f"grpo.steps={args.warmup + grpo_steps + 1}"]  # +1: a request after
-    sets += [f"grpo.batch_size={args.grpo_batch}"] if args.grpo_batch else []
-    sets += [f"grpo.max_new_tokens={args.grpo_new_tokens}"] if args.grpo_new_tokens else []
+            f"sft.max_length={args.length}", f"sft.checkpoint_every={args.checkpoint_every}",
+            f"grpo.steps={args.warmup + args.grpo_steps}", f"grpo.batch_size={args.grpo_batch}",
+            f"grpo.num_generations={args.generations}", f"grpo.max_new_tokens={args.grpo_new_tokens}",
+            f"grpo.checkpoint_every={args.warmup + args.grpo_steps}"]
     config = load_config(PROFILE, sets=sets)
     loaded = registry.load(args.model, seed=config.seed)
     rows = fixed_rows(loaded, args.batch, args.length)
     sft_tokens = float(args.batch * args.length)
-    print(f"model {args.model}; LoRA rank {config.sft.lora.rank}; {args.rounds} rounds of each loop, alternating")
+    print(f"model {args.model}; LoRA rank {config.sft.lora.rank}; {args.rounds} rounds of each side, alternating")
     print(f"SFT: batch {args.batch} x {args.length} tokens; {args.warmup} warm-up + {args.steps} timed steps; "
-          f"ours checkpoints every {config.sft.checkpoint_every} steps", flush=True)
+          f"ours checkpoints every {config.sft.checkpoint_every} steps (inside the timed window)", flush=True)
     table = interleaved({"sft ours": lambda: (sft_ours(loaded, rows, config, args.warmup), sft_tokens),
                          "sft bare": lambda: (sft_bare(loaded, rows, config, args.warmup), sft_tokens)}, args.rounds)
-
     if args.skip_grpo:
         print("GRPO: skipped (--skip-grpo)")
     else:
         g = config.grpo
         prompts = grpo_prompts(loaded, g.batch_size)
-        prompt_tokens = float(prompts["prompt_tokens"].sum() * g.num_generations)
-        print(f"GRPO: {g.batch_size} prompts x {g.num_generations} generations, up to {g.max_new_tokens} new tokens "
-              f"(prompt limit {g.max_prompt_length}); {args.warmup} warm-up + {grpo_steps} timed steps; ours "
-              f"checkpoints every {g.checkpoint_every} steps", flush=True)
-
-        def with_prompts(run):
-            seconds, completion = run(loaded, prompts, config, args.warmup, grpo_steps)
-            return seconds, completion + prompt_tokens
-
-        table |= interleaved({"grpo ours": lambda: with_prompts(grpo_ours),
-                              "grpo bare": lambda: with_prompts(grpo_bare)}, args.rounds)
-
-    print(f"{'loop':<10} {'s/step':>9} {'tokens/step':>12} {'tokens/s':>9}")
+        print(f"GRPO: {g.batch_size} prompt(s) x {g.num_generations} generations, up to {g.max_new_tokens} new tokens, "
+              f"T={g.temperature}, top-k {g.top_k}; {args.warmup} warm-up + {args.grpo_steps} timed steps", flush=True)
+        table |= interleaved({
+            engine_name: (lambda engine=engine_name: grpo_seconds(loaded, prompts, config, engine, args.warmup,
+                                                                  args.grpo_steps))
+            for engine_name in ("vanilla", "distillery")}, args.rounds)
+    print(f"{'side':<14} {'s/step':>9} {'tokens/step':>12} {'tokens/s':>9}")
     for name, (seconds, tokens) in table.items():
-        print(f"{name:<10} {seconds:9.3f} {tokens:12.0f} {tokens / seconds:9.1f}")
+        print(f"{name:<14} {seconds:9.3f} {tokens:12.0f} {tokens / seconds:9.1f}")
     print(f"sft_ratio_ours_to_bare={table['sft ours'][0] / table['sft bare'][0]:.3f}")
-    grpo = f"{table['grpo ours'][0] / table['grpo bare'][0]:.3f}" if "grpo ours" in table else "skipped"
-    print(f"grpo_ratio_ours_to_bare={grpo}")
+    rollout = f"{table['vanilla'][0] / table['distillery'][0]:.2f}" if "vanilla" in table else "skipped"
+    print(f"rollout_speedup={rollout}")
 
 
 if __name__ == "__main__":

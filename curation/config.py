@@ -167,6 +167,10 @@ class GrpoConfig(_Strict):
     max_prompt_length: int = Field(default=256, ge=8)  # longer prompts are rejected, and counted
     max_new_tokens: int = Field(default=128, ge=1)
     checkpoint_every: int = Field(default=2, ge=1)
+    # distillery: our decode loop (models.decode) as Tunix's rollout engine; vanilla: Tunix's Sampler;
+    # vllm / sglang_jax: Tunix's engines on those servers (their packages on a TPU host)
+    rollout_engine: Literal["distillery", "vanilla", "vllm", "sglang_jax"] = "distillery"
+    top_k: int = Field(default=64, ge=1)  # sample among the top k tokens (the distillery engine: 64 only)
 
 
 class EvalConfig(_Strict):

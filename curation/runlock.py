@@ -79,6 +79,21 @@ def _alive(record: Holder) -> bool:
     return True
 
 
+def busy(run_dir: Path) -> bool:
+    """Whether a live process holds the dataset folder's lock right now (no waiting, nothing taken)."""
+    path = lock_path(run_dir)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken just now
+    return False
+
+
 @contextlib.contextmanager
 def hold(run_dir: Path, what: str, *, flow_run_id: str | None = None, wait: bool = False, poll_s: float = 1.0,
          inherit_from: str | None = None) -> Iterator[Holder | None]:

@@ -124,7 +124,10 @@ def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -
     }
     card = scrub(card, run_dir)
     body = _environment().from_string(resources.files("data_cards").joinpath("template.md.j2").read_text()).render(
-        card_data=card_data.to_yaml(), hits=card["facts"]["dedup"]["hits"][:MAX_HITS], **card)
+        card_data=card_data.to_yaml(), hits=card["facts"]["dedup"]["hits"][:MAX_HITS],
+        # runs filtered before the audit existed have none: the table then shows zeros
+        audit=card["facts"]["filter"].get("audit") or {}, rejected_examples=card["facts"]["filter"].get("examples") or {},
+        **card)
     DatasetCard(body).save(out / "README.md")
     store.write_json({**card, "card_data": card_data.to_dict()}, out / "card.json")
     return card

@@ -60,12 +60,38 @@ def writing(run_dir: Path, what: str, *, wait: bool, lock_owner: str | None) -> 
     under their parent's hold. The file lock is what a second writer outside Prefect meets.
     """
     top_level = runtime.flow_run.parent_flow_run_id is None and lock_owner is None
+    if top_level:
+        _release_leaked_slot(limit_name(run_dir), run_dir)
     # The shortest lease Prefect allows: renewed while this process lives, so a killed flow run's slot
-    # frees within about a minute instead of five.
+    # frees within about a minute instead of five (while the server that granted it keeps running).
     queue = (concurrency(limit_name(run_dir), occupy=1, strict=False, lease_duration=60) if top_level
              else contextlib.nullcontext())
     with queue, runlock.hold(run_dir, what, flow_run_id=runtime.flow_run.id, wait=wait, inherit_from=lock_owner):
         yield
+
+
+def _release_leaked_slot(name: str, run_dir: Path) -> None:
+    """Free the folder's concurrency slot when it is taken but nobody writes the folder.
+
+    Prefect keeps slot leases in the server's memory: a server killed while a flow held the
+    slot comes back with the slot taken and no lease to expire, and every later run would
+    wait forever. Whoever holds the slot also holds the file lock while it works, so a free
+    file lock with a full limit means a leaked slot. (If its holder was just about to take
+    the file lock, one of the two writers fails on it, naming the other: never both write.)
+    """
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return
+        if limit.active_slots >= limit.limit and not runlock.busy(run_dir):
+            get_run_logger().warning("%s: concurrency slot held by no live writer (a killed server or flow run); "
+                                     "releasing it", name)
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
 @task(name="stage", task_run_name="{stage}")

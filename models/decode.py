@@ -10,6 +10,7 @@ chunks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ class Generated:
     finish_reason: str  # "stop" (stop string or end token) or "length"
     prompt_tokens: int
     completion_tokens: int
+    ids: tuple[int, ...] = ()  # the completion's token ids, cut where the text is (stop id excluded)
 
 
 def _round_up(n: int, to: int) -> int:
@@ -70,99 +72,190 @@ def _sample(logits, key, temperature, top_p):
 
 
 def _compile(layers: tuple, cache_size: int, chunk: int):
-    """The jitted prefill and chunked decode functions for one layer layout and cache size."""
+    """The jitted functions for one layer layout and cache size: extend one row, place it, decode a chunk."""
     import jax
     import jax.numpy as jnp
 
     from models import gemma_forward as gemma
 
     @jax.jit
-    def prefill(weights, shared, tokens, valid, key, temperature, top_p):
-        batch, prefix = tokens.shape[0], shared.shape[1]
-        cache = gemma.init_cache(weights, layers, 1 if prefix else batch, cache_size)
-        if prefix:  # the prompts' common first tokens: computed once, their keys and values copied to every row
-            _, cache = gemma.forward(weights, layers, shared, jnp.arange(prefix)[None], cache, valid[:1], 0)
-            cache = [(jnp.tile(k, (batch, 1, 1)), jnp.tile(v, (batch, 1, 1))) for k, v in cache]
-        positions = prefix + jnp.maximum(jnp.cumsum(valid[:, prefix : prefix + tokens.shape[1]], axis=-1) - 1, 0)
-        hidden, cache = gemma.forward(weights, layers, tokens, positions, cache, valid, prefix)
-        # Only the last position's logits are needed: (B, L, 262k) of them would be ~10 GB at batch 32.
-        first = _sample(gemma.logits(weights, hidden[:, -1]).astype(jnp.float32), key, temperature, top_p)
-        return first, positions[:, -1], cache
+    def extend(weights, row, tokens, start, length, key, temperature, top_p):
+        """Write one row's tokens (1, L; right-padded) at slots start.. of its cache; sample what follows."""
+        valid = jnp.ones((1, cache_size), dtype=jnp.bool_)  # slot = position: every earlier slot is this row's
+        positions = start + jnp.arange(tokens.shape[1])[None]
+        hidden, row = gemma.forward(weights, layers, tokens, positions, row, valid, start)
+        last = jax.lax.dynamic_index_in_dim(hidden[0], length - 1, keepdims=False)[None]
+        # Only the last real token's logits: (1, L, 262k) of them would be wasted work.
+        return _sample(gemma.logits(weights, last).astype(jnp.float32), key, temperature, top_p)[0], row
 
-    def decode(weights, token, position, valid, start, cache, key, temperature, top_p, eos, done):
+    def place(cache, row, index):
+        """The batch cache with row `index` replaced (the cache is updated in place)."""
+        # A row is kv_heads consecutive entries of the (batch * kv_heads, ...) cache.
+        return [(jax.lax.dynamic_update_slice(k, rk, (index * rk.shape[0], 0, 0)),
+                 jax.lax.dynamic_update_slice(v, rv, (index * rv.shape[0], 0, 0))) for (k, v), (rk, rv) in zip(cache, row)]
+
+    def decode(weights, token, position, cache, key, temperature, top_p):
+        """`chunk` steps for every row, each at its own position: continuous batching."""
+        valid = jnp.ones((token.shape[0], cache_size), dtype=jnp.bool_)
+
         def body(i, carry):
-            token, position, cache, key, done, out = carry
-            position = position + 1
-            hidden, cache = gemma.forward(weights, layers, token[:, None], position[:, None], cache, valid, start + i)
+            token, position, cache, key, out = carry
+            hidden, cache = gemma.forward(weights, layers, token[:, None], position[:, None], cache, valid, position)
             key, sub = jax.random.split(key)
             token = _sample(gemma.logits(weights, hidden[:, 0]).astype(jnp.float32), sub, temperature, top_p)
-            done = done | jnp.isin(token, eos)
-            return token, position, cache, key, done, out.at[:, i].set(token)
+            return token, position + 1, cache, key, out.at[:, i].set(token)
 
         out = jnp.zeros((token.shape[0], chunk), dtype=jnp.int32)
-        return jax.lax.fori_loop(0, chunk, body, (token, position, cache, key, done, out))
+        return jax.lax.fori_loop(0, chunk, body, (token, position, cache, key, out))
 
-    return prefill, jax.jit(decode, donate_argnums=(5,))  # the cache is updated in place
+    # Caches are donated: updated in place, never copied.
+    return extend, jax.jit(place, donate_argnums=(0,)), jax.jit(decode, donate_argnums=(3,))
+
+
+@dataclass
+class _Row:
+    """One prompt in a decode slot: where its sequence stands, and what it generated so far."""
+
+    index: int
+    prompt_tokens: int
+    ids: list[int]
 
 
 class Decoder:
-    """Samples continuations from one Gemma 3 model; compiled functions are reused per cache size."""
+    """Samples continuations from one Gemma 3 model with continuous batching.
 
-    def __init__(self, model, tokenizer):
+    `slots` rows decode together; when a row ends (a stop id or string, or the length limit)
+    the next waiting prompt takes its slot at once, so the batch stays full until the queue
+    is empty. Each row's cache slot equals its token position, so no prompt is padded to
+    another's length. Prompts that start alike (the teacher's few-shot header, a system
+    prompt) have that start computed once per call and copied into each row that needs it.
+    Compiled functions are reused per cache size and prompt-length bucket.
+    """
+
+    def __init__(self, model, tokenizer, *, lora_scale: float | None = None):
+        self.tokenizer = tokenizer
+        self._compiled: dict[int, tuple] = {}
+        self.set_weights(model, lora_scale=lora_scale)
+
+    def set_weights(self, model, *, lora_scale: float | None = None) -> None:
+        """Decode with this model's current weights (a GRPO actor after an update); compiled code is kept."""
         from models import gemma_forward
 
-        self.tokenizer = tokenizer
-        self._weights, self._layers = gemma_forward.prepare(model)
-        self._compiled: dict[int, tuple] = {}
-        self.shared_tokens = 0  # prompt tokens of the last batch computed once for all its rows
+        weights, layers = gemma_forward.prepare(model, lora_scale=lora_scale)
+        if self._compiled and layers != self._layers:
+            self._compiled.clear()
+        self._weights, self._layers = weights, layers
+        self.shared_starts: list[int] = []  # per prompt of the last call: first tokens computed once, not per row
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.8, top_p: float = 1.0,
-                 stop: tuple[str, ...] = (), stop_ids: tuple[int, ...] = (), seed: int = 0,
-                 bucket: int = 32) -> list[Generated]:
-        """Continue every prompt (one batch): BOS + prompt, left-padded, until a stop or the length limit.
+                 stop: tuple[str, ...] = (), stop_ids: tuple[int, ...] = (), seed: int = 0, slots: int = 32,
+                 bucket: int = 32, on_done: Callable[[int, Generated], None] | None = None) -> list[Generated]:
+        """Continue every prompt (BOS + prompt) until a stop or the length limit; results in prompt order.
 
-        Prompts that start alike (few-shot prompts) share that start: its cache is computed
-        once, in whole `bucket`s of tokens, and the rest of each prompt is left-padded after it
-        (the padding is masked; positions stay those of the unpadded prompt).
+        `on_done(i, generated)` runs as soon as prompt i finishes (to record it before the rest).
         """
         import jax
         import jax.numpy as jnp
 
         tokenizer = self.tokenizer
-        bos, pad = tokenizer.bos_id(), tokenizer.pad_id()
         stop_ids = tuple(stop_ids) or (tokenizer.eos_id(),)
-        encoded = [[bos, *tokenizer.encode(p)] for p in prompts]
-        # Whole buckets only, so batches of one few-shot prompt reuse one compiled shape; every row keeps a token.
-        prefix = (_common_prefix(encoded) - 1) // bucket * bucket if len(prompts) > 1 else 0
-        self.shared_tokens = prefix
-        length = _round_up(max(len(e) for e in encoded) - prefix, bucket)
+        encoded = [[tokenizer.bos_id(), *tokenizer.encode(p)] for p in prompts]
+        starts = _shared_starts(encoded, bucket)
+        self.shared_starts = starts
         steps = _round_up(max_new_tokens, CHUNK)
-        tokens = np.full((len(prompts), length), pad, dtype=np.int32)
-        for row, ids in enumerate(encoded):
-            tokens[row, length - len(ids) + prefix :] = ids[prefix:]
-        cache_size = prefix + length + steps
-        if cache_size not in self._compiled:
-            self._compiled[cache_size] = _compile(self._layers, cache_size, CHUNK)
-        prefill, decode = self._compiled[cache_size]
-        key, sub = jax.random.split(jax.random.PRNGKey(seed))
-        temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
-        # Every row writes a token at every step, so all slots after the prompt hold real tokens.
-        valid = jnp.asarray(np.pad(tokens != pad, ((0, 0), (prefix, steps)), constant_values=True))
-        shared = jnp.asarray([encoded[0][:prefix]], dtype=jnp.int32)
-        token, position, cache = prefill(self._weights, shared, jnp.asarray(tokens), valid, sub, temperature, top_p)
-        eos = jnp.asarray(stop_ids, dtype=jnp.int32)
-        done = jnp.isin(token, eos)
-        generated = [np.asarray(token)[:, None]]
-        finished = np.asarray(done)
-        for start in range(prefix + length, cache_size - CHUNK + 1, CHUNK):
-            if finished.all() or sum(g.shape[1] for g in generated) >= max_new_tokens:
-                break
-            token, position, cache, key, done, out = decode(self._weights, token, position, valid, start, cache, key,
-                                                            temperature, top_p, eos, done)
-            generated.append(np.asarray(out))
-            finished = np.asarray(done) | _stopped(tokenizer, np.concatenate(generated, axis=1), stop, stop_ids)
-        return [_finish(tokenizer, ids, len(encoded[row]), max_new_tokens, stop, stop_ids)
-                for row, ids in enumerate(np.concatenate(generated, axis=1))]
+        size = _round_up(max((n + _round_up(len(e) - n, bucket) for e, n in zip(encoded, starts)), default=1)
+                         + steps, bucket)
+        if size not in self._compiled:
+            self._compiled[size] = _compile(self._layers, size, CHUNK)
+        extend, place, decode = self._compiled[size]
+        empty_row = gemma_forward_cache(self._weights, self._layers, 1, size)
+        temperature_, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
+        key = jax.random.PRNGKey(seed)
+        prefixes: dict[tuple[int, ...], list] = {}
+
+        def start_row(i: int, key) -> tuple[int, list]:
+            """Row i's cache with its prompt written (its shared start copied in) and its first sampled token."""
+            shared, ids = starts[i], encoded[i]
+            row = empty_row
+            if shared:
+                head = tuple(ids[:shared])
+                if head not in prefixes:  # computed once per call: the tail token it samples is not used
+                    _, prefixes[head] = extend(self._weights, empty_row, jnp.asarray([head], dtype=jnp.int32), 0,
+                                               shared, key, temperature_, top_p_)
+                row = prefixes[head]
+            tail = ids[shared:]
+            padded = np.zeros((1, _round_up(len(tail), bucket)), dtype=np.int32)
+            padded[0, : len(tail)] = tail
+            first, row = extend(self._weights, row, jnp.asarray(padded), shared, len(tail), key, temperature_, top_p_)
+            return int(first), row
+
+        results: list[Generated | None] = [None] * len(prompts)
+        queue = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
+        width = max(1, min(slots, len(prompts)))
+        cache = gemma_forward_cache(self._weights, self._layers, width, size)
+        rows: list[_Row | None] = [None] * width
+        token, position = np.zeros(width, dtype=np.int32), np.zeros(width, dtype=np.int32)
+
+        def fill(slot: int) -> None:
+            nonlocal cache, key
+            if not queue:
+                rows[slot] = None
+                return
+            i = queue.pop()
+            key, sub = jax.random.split(key)
+            first, row = start_row(i, sub)
+            cache = place(cache, row, slot)
+            rows[slot] = _Row(index=i, prompt_tokens=len(encoded[i]), ids=[first])
+            token[slot], position[slot] = first, len(encoded[i])
+            finish(slot)  # the first token may already end it
+
+        def finish(slot: int) -> None:
+            row = rows[slot]
+            ids = np.asarray(row.ids, dtype=np.int32)
+            if not (len(row.ids) >= max_new_tokens or np.isin(ids, stop_ids).any()
+                    or _stopped(tokenizer, ids[None], stop, stop_ids)[0]):
+                return
+            results[row.index] = _finish(tokenizer, ids, row.prompt_tokens, max_new_tokens, stop, stop_ids)
+            if on_done is not None:
+                on_done(row.index, results[row.index])
+            fill(slot)
+
+        for slot in range(width):
+            fill(slot)
+        while any(row is not None for row in rows):
+            key, sub = jax.random.split(key)
+            _, _, cache, _, out = decode(self._weights, jnp.asarray(token), jnp.asarray(position), cache, sub,
+                                         temperature_, top_p_)
+            out = np.asarray(out)
+            position += CHUNK
+            token[:] = out[:, -1]
+            for slot, row in enumerate(rows):
+                if row is not None:
+                    row.ids.extend(out[slot].tolist())
+                    finish(slot)
+        return results
+
+
+def gemma_forward_cache(weights, layers, batch: int, size: int):
+    """An empty decode cache for `batch` rows of `size` slots."""
+    from models import gemma_forward
+
+    return gemma_forward.init_cache(weights, layers, batch, size)
+
+
+def _shared_starts(encoded: list[list[int]], bucket: int) -> list[int]:
+    """Per prompt, its longest start (in whole buckets) that another prompt of the call shares: computed once.
+
+    In sorted order a prompt's longest common start with any other is the one with a neighbour,
+    so few-shot prompts of several kinds each share their own kind's worked examples.
+    """
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+    starts = [0] * len(encoded)
+    for rank, i in enumerate(order):
+        longest = max((_common_prefix([encoded[i], encoded[order[j]]]) for j in (rank - 1, rank + 1)
+                       if 0 <= j < len(order)), default=0)
+        starts[i] = max(0, (min(longest, len(encoded[i]) - 1)) // bucket * bucket)  # every row keeps a token
+    return starts
 
 
 def _common_prefix(rows: list[list[int]]) -> int:
@@ -196,11 +289,13 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 def _finish(tokenizer, row: np.ndarray, prompt_tokens: int, max_new_tokens: int, stop: tuple[str, ...],
             stop_ids: tuple[int, ...]) -> Generated:
     """Decode a row, cut at the first end token or stop string (which is kept, as OpenAI servers drop it)."""
-    ids = _cut_ids(row[:max_new_tokens], stop_ids)
+    ids = _cut_ids(row[:max_new_tokens], stop_ids).tolist()
     ended = len(ids) < min(len(row), max_new_tokens)
-    full = tokenizer.decode(ids.tolist())
-    text = cut_at_stop(full, stop)
-    ended = ended or any(s in full for s in stop)
-    count = len(tokenizer.encode(text)) if ended else len(ids)
-    return Generated(text=text, finish_reason="stop" if ended else "length", prompt_tokens=prompt_tokens,
-                     completion_tokens=count)
+    full = tokenizer.decode(ids)
+    if any(s in full for s in stop):
+        ended = True
+        # The tokens it took to write the stop string: re-encoding the text would count others
+        # (a byte-level piece that decodes to a replacement character re-encodes as three).
+        ids = ids[: next(k for k in range(1, len(ids) + 1) if any(s in tokenizer.decode(ids[:k]) for s in stop))]
+    return Generated(text=cut_at_stop(full, stop), finish_reason="stop" if ended else "length",
+                     prompt_tokens=prompt_tokens, completion_tokens=len(ids), ids=tuple(ids))

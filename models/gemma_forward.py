@@ -30,8 +30,37 @@ class Layer:
     query_scale: float
 
 
-def prepare(model) -> tuple[dict[str, Any], tuple[Layer, ...]]:
-    """(weights, layers) of a Tunix Gemma 3 model, weights rearranged for `forward`."""
+# How a LoRA pair (A, B) becomes a delta in the base weight's own layout, per wrapped module (qwix names).
+LORA_DELTAS = {
+    "q_einsum": "dr,rnh->ndh",  # w: (heads, embed, head_dim)
+    "kv_einsum": "dr,rcnh->cndh",  # w: (2, kv_heads, embed, head_dim)
+    "qkv_einsum": "dr,rcnh->cndh",  # w: (3, heads, embed, head_dim)
+    "attn_vec_einsum": "nhr,rd->nhd",  # w: (heads, head_dim, embed)
+    "gate_proj": "ir,ro->io",  # nnx.Linear kernels: (in, out)
+    "up_proj": "ir,ro->io",
+    "down_proj": "ir,ro->io",
+}
+
+
+def _weight(module, name: str, kind: str, lora_scale: float | None):
+    """A module's weight, with its LoRA delta (B A * alpha / rank) folded in when qwix wrapped it."""
+    import jax.numpy as jnp
+
+    value = getattr(module, name)[...]
+    a, b = getattr(module, f"{name}_lora_a", None), getattr(module, f"{name}_lora_b", None)
+    if a is None or b is None:
+        return value
+    if lora_scale is None:
+        raise ValueError(f"{kind} carries a LoRA adapter: pass lora_scale (alpha / rank) to fold it in")
+    return value + lora_scale * jnp.einsum(LORA_DELTAS[kind], a[...], b[...]).astype(value.dtype)
+
+
+def prepare(model, *, lora_scale: float | None = None) -> tuple[dict[str, Any], tuple[Layer, ...]]:
+    """(weights, layers) of a Tunix Gemma 3 model, weights rearranged for `forward`.
+
+    A qwix LoRA model is read with its adapter folded in (`lora_scale` = alpha / rank), so a
+    GRPO rollout samples from the policy being trained.
+    """
     from tunix.models.gemma3 import model as gemma3
 
     if not isinstance(model, gemma3.Gemma3):
@@ -42,9 +71,10 @@ def prepare(model) -> tuple[dict[str, Any], tuple[Layer, ...]]:
     for layer in model.layers:
         attn = layer.attn
         if attn.use_qkv_einsum:  # as many kv heads as query heads: one (3, N, D, H) weight
-            q, k, v = attn.qkv_einsum.w[...]
+            q, k, v = _weight(attn.qkv_einsum, "w", "qkv_einsum", lora_scale)
         else:
-            q, (k, v) = attn.q_einsum.w[...], attn.kv_einsum.w[...]
+            q = _weight(attn.q_einsum, "w", "q_einsum", lora_scale)
+            k, v = _weight(attn.kv_einsum, "w", "kv_einsum", lora_scale)
         heads, width, head_dim = q.shape
         columns = [w.transpose(1, 0, 2).reshape(width, -1) for w in (q, k, v)]  # (D, heads * H) each
         weights.append({
@@ -52,11 +82,12 @@ def prepare(model) -> tuple[dict[str, Any], tuple[Layer, ...]]:
             "qkv": jnp.concatenate(columns, axis=1),
             "q_norm": attn._query_norm.scale[...],
             "k_norm": attn._key_norm.scale[...],
-            "out": attn.attn_vec_einsum.w[...].reshape(heads * head_dim, width),
+            "out": _weight(attn.attn_vec_einsum, "w", "attn_vec_einsum", lora_scale).reshape(heads * head_dim, width),
             "post_attn": layer.post_attention_norm.scale[...],
             "pre_ffw": layer.pre_ffw_norm.scale[...],
-            "gate_up": jnp.concatenate([layer.mlp.gate_proj.kernel[...], layer.mlp.up_proj.kernel[...]], axis=1),
-            "down": layer.mlp.down_proj.kernel[...],
+            "gate_up": jnp.concatenate([_weight(layer.mlp.gate_proj, "kernel", "gate_proj", lora_scale),
+                                        _weight(layer.mlp.up_proj, "kernel", "up_proj", lora_scale)], axis=1),
+            "down": _weight(layer.mlp.down_proj, "kernel", "down_proj", lora_scale),
             "post_ffw": layer.post_ffw_norm.scale[...],
         })
         local = attn.attn_type == gemma3.AttentionType.LOCAL_SLIDING
@@ -90,6 +121,8 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
     `valid` (B, slots) marks the slots that hold real tokens (padding is False); a token
     attends to valid slots up to its own, within its layer's sliding window, which counts
     positions, not slots: padding may sit between a shared prompt start and the rest.
+    `slot` is one start for every row, or one per row (B,): continuous batching, where each
+    row is at its own point of its own sequence.
     """
     import jax
     import jax.numpy as jnp
@@ -100,9 +133,10 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
     embed = weights["embed"]
     width = embed.shape[1]
     x = (embed[tokens] * jnp.sqrt(width).astype(embed.dtype)).reshape(batch * length, width)
-    own = slot + jnp.arange(length)
+    per_row = jnp.ndim(slot) == 1
+    own = (slot[:, None] if per_row else slot) + jnp.arange(length)  # (B, T) or (T,)
     slots = jnp.arange(valid.shape[1])
-    causal = valid[:, None, :] & (slots[None, :] <= own[:, None])[None]  # (B, T, slots)
+    causal = valid[:, None, :] & (slots <= own[..., None]).reshape(-1, length, slots.shape[0])  # (B, T, slots)
     distance = positions[:, :, None] - (jnp.cumsum(valid, axis=1) - 1)[:, None, :]  # query minus key position
     new_cache = []
     for w, la, (keys, values) in zip(weights["layers"], layers, cache):
@@ -120,8 +154,7 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
         new_v = qkv[:, (n + k) * h :].reshape(batch, length, k, h)
         new_k = new_k.transpose(0, 2, 3, 1).reshape(batch * k, h, length)
         new_v = new_v.transpose(0, 2, 1, 3).reshape(batch * k, length, h)
-        keys = jax.lax.dynamic_update_slice(keys, new_k.astype(keys.dtype), (0, 0, slot))
-        values = jax.lax.dynamic_update_slice(values, new_v.astype(values.dtype), (0, slot, 0))
+        keys, values = _write(keys, values, new_k, new_v, jnp.repeat(slot, k) if per_row else slot)
         new_cache.append((keys, values))
         # Rows of one kv head's query block are (token, head-in-group) pairs.
         q = q.reshape(batch, length, k, group, h).transpose(0, 2, 1, 3, 4).reshape(batch * k, length * group, h)
@@ -134,6 +167,19 @@ def forward(weights: dict[str, Any], layers: tuple[Layer, ...], tokens, position
         gate, up = jnp.split(_rms_norm(x, w["pre_ffw"]) @ w["gate_up"], 2, axis=-1)
         x = x + _rms_norm((nnx.gelu(gate) * up) @ w["down"], w["post_ffw"])
     return _rms_norm(x, weights["final_norm"]).reshape(batch, length, width), new_cache
+
+
+def _write(keys, values, new_k, new_v, slot):
+    """The cache with new keys (B*K, H, T) and values (B*K, T, H) written from `slot` (one, or one per row)."""
+    import jax
+
+    new_k, new_v = new_k.astype(keys.dtype), new_v.astype(values.dtype)
+    if jax.numpy.ndim(slot) == 0:
+        return (jax.lax.dynamic_update_slice(keys, new_k, (0, 0, slot)),
+                jax.lax.dynamic_update_slice(values, new_v, (0, slot, 0)))
+    row_k = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice(cache, new, (0, at)))
+    row_v = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice(cache, new, (at, 0)))
+    return row_k(keys, new_k, slot), row_v(values, new_v, slot)
 
 
 def logits(weights: dict[str, Any], hidden):

@@ -159,7 +159,7 @@ def stop_ids(tokenizer: Any, model: str) -> tuple[int, ...]:
 
 
 def decoding(loaded: Any, config: Config, label: str) -> Generate:
-    """A Generate over a loaded model with `training.decode.Decoder`, eval.batch_size prompts at a time."""
+    """A Generate over a loaded model with `models.decode.Decoder`, eval.batch_size rows decoding at a time."""
     from models.decode import Decoder
 
     decoder = Decoder(loaded.model, loaded.tokenizer)
@@ -168,20 +168,10 @@ def decoding(loaded: Any, config: Config, label: str) -> Generate:
     stops = stop_ids(tokenizer, config.student.model)
 
     def generate(prompts: list[str], temperature: float, seed: int) -> list[Any]:
-        # Similar lengths share a batch (less padding); a fixed batch size compiles once.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        size = min(config.eval.batch_size, len(prompts))
-        out: list[Any] = [None] * len(prompts)
-        for lo in tqdm(range(0, len(order), size), desc=f"eval {label} T={temperature}", unit="batch",
-                       dynamic_ncols=True):
-            rows = order[lo : lo + size]
-            batch = [prompts[i] for i in rows]
-            batch += [batch[-1]] * (size - len(batch))
-            got = decoder.generate(batch, max_new_tokens=config.eval.max_new_tokens, temperature=temperature,
-                                   stop=(ANSWER_END, end), stop_ids=stops, seed=seed * 1_000_003 + lo)
-            for i, generated in zip(rows, got):
-                out[i] = generated
-        return out
+        with tqdm(total=len(prompts), desc=f"eval {label} T={temperature}", unit="answer", dynamic_ncols=True) as bar:
+            return decoder.generate(prompts, max_new_tokens=config.eval.max_new_tokens, temperature=temperature,
+                                    stop=(ANSWER_END, end), stop_ids=stops, seed=seed, slots=config.eval.batch_size,
+                                    on_done=lambda i, generated: bar.update(1))
 
     return generate
 

@@ -16,21 +16,12 @@ import numpy as np
 from curation import store
 from curation.config import LoraConfig
 from models.files import staged_folder
+from models.gemma_forward import LORA_DELTAS
 
 logger = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # a training stage's exported Hugging Face folder, e.g. grpo/model/
 
-# How a LoRA pair (A, B) becomes a delta in the base weight's own layout, per wrapped module.
-_DELTA = {
-    "q_einsum": "dr,rnh->ndh",  # w: (heads, embed, head_dim)
-    "kv_einsum": "dr,rcnh->cndh",  # w: (2, kv_heads, embed, head_dim)
-    "qkv_einsum": "dr,rcnh->cndh",  # w: (3, heads, embed, head_dim)
-    "attn_vec_einsum": "nhr,rd->nhd",  # w: (heads, head_dim, embed)
-    "gate_proj": "ir,ro->io",  # nnx.Linear kernels: (in, out)
-    "up_proj": "ir,ro->io",
-    "down_proj": "ir,ro->io",
-}
 _TUNIX_FIELDS = ("num_layers", "num_embed", "embed_dim", "hidden_dim", "num_heads", "head_dim", "num_kv_heads",
                  "sliding_window_size", "local_base_frequency", "global_base_frequency", "local_scale_factor",
                  "global_scale_factor")
@@ -56,9 +47,9 @@ def merged_params(lora_model: Any, config: LoraConfig) -> dict[str, np.ndarray]:
     scale = config.alpha / config.rank
     for weight, pair in pairs.items():
         module = weight.split(".")[-2]
-        if module not in _DELTA or weight not in base:
-            raise LookupError(f"cannot merge LoRA on {weight}: known modules {', '.join(_DELTA)}")
-        base[weight] = base[weight] + scale * np.einsum(_DELTA[module], pair["a"], pair["b"])
+        if module not in LORA_DELTAS or weight not in base:
+            raise LookupError(f"cannot merge LoRA on {weight}: known modules {', '.join(LORA_DELTAS)}")
+        base[weight] = base[weight] + scale * np.einsum(LORA_DELTAS[module], pair["a"], pair["b"])
     return base
 
 

@@ -111,8 +111,24 @@ class _StepRecorder:
         self.rewards, self.tokens = [], 0
 
 
+def rollout_engine(config: Config) -> Any:
+    """What `ClusterConfig.rollout_engine` gets for grpo.rollout_engine; one line when its package is absent."""
+    import importlib.util
+
+    engine = config.grpo.rollout_engine
+    if engine == "distillery":
+        from training import rollout
+
+        return rollout.engine(lora_scale=config.sft.lora.alpha / config.sft.lora.rank)
+    package = {"vllm": "vllm", "sglang_jax": "sgl_jax"}.get(engine)
+    if package and importlib.util.find_spec(package) is None:
+        raise ModuleNotFoundError(f"grpo.rollout_engine={engine} needs the {package!r} package, which runs on a TPU "
+                                  f"host; it is not installed here (use distillery or vanilla)")
+    return engine
+
+
 def _cluster(actor: Any, reference: Any, tokenizer: Any, config: Config, folder: Path):
-    """An RLCluster: every role on one mesh, the vanilla rollout, checkpoints every grpo.checkpoint_every."""
+    """An RLCluster: every role on one mesh, the configured rollout engine, checkpoints every grpo.checkpoint_every."""
     import optax
     from tunix.rl import rl_cluster as rlc
     from tunix.rl.rollout import base_rollout
@@ -127,11 +143,11 @@ def _cluster(actor: Any, reference: Any, tokenizer: Any, config: Config, folder:
     # Stop at the end of the student's turn too: text after it would fail the format reward.
     rollout = base_rollout.RolloutConfig(max_tokens_to_generate=grpo.max_new_tokens,
                                          max_prompt_length=grpo.max_prompt_length, temperature=grpo.temperature,
-                                         kv_cache_size=cache, seed=None,
+                                         top_p=1.0, top_k=grpo.top_k, kv_cache_size=cache, seed=None,
                                          eos_tokens=list(evaluate.stop_ids(tokenizer, config.student.model)))
     roles = {rlc.Role.ACTOR: device_mesh, rlc.Role.REFERENCE: device_mesh, rlc.Role.ROLLOUT: device_mesh}
-    cluster_config = rlc.ClusterConfig(role_to_mesh=roles, rollout_engine="vanilla", offload_to_cpu=False,
-                                       training_config=training, rollout_config=rollout)
+    cluster_config = rlc.ClusterConfig(role_to_mesh=roles, rollout_engine=rollout_engine(config),
+                                       offload_to_cpu=False, training_config=training, rollout_config=rollout)
     return rlc.RLCluster(actor=actor, reference=reference, tokenizer=tokenizer, cluster_config=cluster_config)
 
 

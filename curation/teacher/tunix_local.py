@@ -1,9 +1,9 @@
 """The embedded teacher: n samples per prompt from a Tunix model on this machine, batched wide.
 
 Few-shot completion prompts (base models need the examples), decoded with
-`models.decode.Decoder`, `batch_size` rows at a time, stopping at `</answer>`. Finished
-samples go to the same request cache as the OpenAI-compatible teacher, so a killed run
-resumes.
+`models.decode.Decoder` (continuous batching over `batch_size` slots), stopping at
+`</answer>`. Each sample goes to the same request cache as the OpenAI-compatible teacher the
+moment it ends, so a killed run resumes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class TunixTeacher:
         self.cache = cache
         self.seed = seed
         self.progress = progress
-        self.requests_sent = 0  # batches decoded
+        self.requests_sent = 0  # decode calls
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """n completions per prompt, in (prompt, sample) order."""
@@ -36,23 +36,23 @@ class TunixTeacher:
         payload = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
                    "stop": list(stops), "style": "completion"}
         ledger = Ledger(self.cache, self.name, [p.text for p in prompts], payload, params.n, progress=self.progress)
-        # One batch per few-shot header where possible (the decoder computes a shared start once),
-        # and similar lengths together (less padding).
+        # Prompts of one few-shot header next to each other: rows decoding together share that start.
         todo = sorted(ledger.missing, key=lambda item: (_header(prompts[item[0]]), len(prompts[item[0]].text)))
-        for lo in range(0, len(todo), self.batch_size):
-            batch = todo[lo : lo + self.batch_size]
-            began = time.perf_counter()
-            out = self.decoder.generate([prompts[p].text for p, _ in batch], max_new_tokens=params.max_new_tokens,
-                                        temperature=params.temperature, top_p=params.top_p, stop=stops,
-                                        seed=self.seed * 1_000_003 + lo)
+        began = time.perf_counter()
+
+        def done(i: int, generated) -> None:  # recorded (and cached) as each sample ends: a kill loses no other
+            p, s = todo[i]
+            text = prompts[p].text_prefix + _strip_stops(generated.text, COMPLETION_STOPS)
+            ledger.record(Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=generated.finish_reason,
+                                     prompt_tokens=generated.prompt_tokens,
+                                     completion_tokens=generated.completion_tokens,
+                                     latency_s=time.perf_counter() - began, attempts=1, cached=False))
+
+        if todo:
+            self.decoder.generate([prompts[p].text for p, _ in todo], max_new_tokens=params.max_new_tokens,
+                                  temperature=params.temperature, top_p=params.top_p, stop=stops, seed=self.seed,
+                                  slots=self.batch_size, on_done=done)
             self.requests_sent += 1
-            latency = (time.perf_counter() - began) / len(batch)
-            for (p, s), generated in zip(batch, out):
-                text = prompts[p].text_prefix + _strip_stops(generated.text, COMPLETION_STOPS)
-                ledger.record(Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=generated.finish_reason,
-                                         prompt_tokens=generated.prompt_tokens,
-                                         completion_tokens=generated.completion_tokens, latency_s=latency,
-                                         attempts=1, cached=False))
         return ledger.completions()
 
 

@@ -135,9 +135,9 @@ def test_a_shared_prompt_start_is_computed_once_with_the_same_result(tiny):
     start = "Solve each problem. Example: 2 + 2 = 4. Example: 3 * 3 = 9. Example: 10 - 7 = 3.\nProblem: "
     prompts = [start + "1 + 1", start + "what is 12 * 12", start + "7 - 5"]
     batched = decoder.generate(prompts, max_new_tokens=12, temperature=0.0)
-    assert decoder.shared_tokens == 64  # 86 common tokens (BOS + bytes), in whole buckets of 32
+    assert decoder.shared_starts == [64] * 3  # 86 common tokens (BOS + bytes), in whole buckets of 32
     alone = [decoder.generate([p], max_new_tokens=12, temperature=0.0)[0] for p in prompts]
-    assert decoder.shared_tokens == 0
+    assert decoder.shared_starts == [0]
     assert [g.text for g in batched] == [g.text for g in alone]
     assert [g.prompt_tokens for g in batched] == [len(tiny.tokenizer.encode(p)) + 1 for p in prompts]
 
@@ -224,13 +224,13 @@ def test_tunix_teacher_samples_n_per_prompt_and_resumes_from_cache(tiny, tmp_pat
     cache.close()
     assert [(c.prompt_idx, c.sample_idx) for c in out] == [(p, s) for p in range(3) for s in range(2)]
     assert all(c.text.startswith("<reasoning>\n") and c.error is None for c in out)
-    assert teacher.requests_sent == 2  # 6 samples in batches of 4
+    assert teacher.requests_sent == 1  # one continuous-batching call for all 6 samples
     resumed = TunixTeacher(tiny, batch_size=4, cache=RequestCache(tmp_path / "requests.jsonl"), progress=False)
     again = resumed.generate(built, SamplingParams(n=2, max_new_tokens=8))
     assert resumed.requests_sent == 0 and [c.text for c in again] == [c.text for c in out]
 
 
-def test_tunix_teacher_batches_prompts_by_few_shot_header(tiny):
+def test_tunix_teacher_shares_each_few_shot_header_among_its_prompts(tiny):
     from curation.teacher import SamplingParams, prompts
     from curation.teacher.tunix_local import TunixTeacher
 
@@ -240,18 +240,10 @@ def test_tunix_teacher_batches_prompts_by_few_shot_header(tiny):
     built = [prompts.build("x" * (1000 + i - base[kinds[i % 2]]), kinds[i % 2]) for i in range(4)]
     header = min(base.values()) - len("Problem: ")  # roughly; the exact cut does not matter
     teacher = TunixTeacher(tiny, batch_size=2, progress=False)
-    shared = []
-    original = teacher.decoder.generate
-
-    def generate(*args, **kwargs):
-        out = original(*args, **kwargs)
-        shared.append(teacher.decoder.shared_tokens)
-        return out
-
-    teacher.decoder.generate = generate
     teacher.generate(built, SamplingParams(n=1, max_new_tokens=4))
-    # Both batches hold one kind, so each shares its worked examples, not only the system prompt (~200 bytes).
-    assert len(shared) == 2 and min(shared) > header - 64
+    # Each prompt shares its own kind's worked examples, not only the system prompt (~200 bytes).
+    shared = teacher.decoder.shared_starts
+    assert len(shared) == 4 and min(shared) > header - 64
 
 
 def test_two_pass_top_k_equals_lax_top_k():
@@ -262,3 +254,19 @@ def test_two_pass_top_k_equals_lax_top_k():
     values, indices = decode.top_k(logits, 64, block=512)
     expected_values, expected_indices = jax.lax.top_k(logits, 64)
     assert jnp.array_equal(values, expected_values) and jnp.array_equal(indices, expected_indices)
+
+
+def test_continuous_batching_gives_every_prompt_its_text_alone(tiny):
+    """Fewer slots than prompts, rows ending at different steps: each refilled slot continues like a fresh call."""
+    decoder = decode.Decoder(tiny.model, tiny.tokenizer)
+    prompts = [f"Problem {i}: " + "abc " * (i * 3) for i in range(7)]  # seven prompt lengths
+    free = [decoder.generate([p], max_new_tokens=20, temperature=0.0)[0].text for p in prompts]
+    stop = free[0][2]  # a character some continuations reach early and others late or never
+    alone = [decoder.generate([p], max_new_tokens=20, temperature=0.0, stop=(stop,))[0] for p in prompts]
+    finished = []
+    together = decoder.generate(prompts, max_new_tokens=20, temperature=0.0, stop=(stop,), slots=3,
+                                on_done=lambda i, generated: finished.append((i, generated.text)))
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.completion_tokens for g in together] == [g.completion_tokens for g in alone]
+    assert sorted(finished) == [(i, g.text) for i, g in enumerate(alone)]  # each reported once, as it ended
+    assert len({g.completion_tokens for g in alone}) > 1  # the rows did end at different steps
