@@ -10,6 +10,7 @@ chunks.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy as np
 
 TOP_K = 64  # candidates per step; the mass beyond them is negligible for a trained LM
 CHUNK = 8  # decode steps per device call between host checks
+MAX_PREFIXES = 8  # shared-start caches kept per call (least recently used go first)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,34 +162,47 @@ class Decoder:
         tokenizer = self.tokenizer
         stop_ids = tuple(stop_ids) or (tokenizer.eos_id(),)
         encoded = [[tokenizer.bos_id(), *tokenizer.encode(p)] for p in prompts]
-        starts = _shared_starts(encoded, bucket)
+        levels = _shared_levels(encoded, bucket)
+        starts = [max(lv, default=0) for lv in levels]
         self.shared_starts = starts
         steps = _round_up(max_new_tokens, CHUNK)
-        size = _round_up(max((n + _round_up(len(e) - n, bucket) for e, n in zip(encoded, starts)), default=1)
-                         + steps, bucket)
+        # Room for every padded write (a write pads by less than 4 buckets) and each row's new tokens; it
+        # depends on the longest prompt only, so calls with similar prompts reuse the compiled code.
+        size = _round_up(max(len(e) for e in encoded) + 4 * bucket, 4 * bucket) + steps
         if size not in self._compiled:
             self._compiled[size] = _compile(self._layers, size, CHUNK)
         extend, place, decode = self._compiled[size]
         empty_row = gemma_forward_cache(self._weights, self._layers, 1, size)
         temperature_, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
         key = jax.random.PRNGKey(seed)
-        prefixes: dict[tuple[int, ...], list] = {}
+        # Shared starts in use, most recent last: prompts come in order, so a few suffice (each holds a cache row).
+        prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
+
+        def written(row, ids: list[int], start: int, key) -> tuple[int, list]:
+            """`row` with ids[start:] written after its first `start` tokens; the token sampled next."""
+            tail = ids[start:]
+            padded = np.zeros((1, _length_bucket(len(tail), bucket)), dtype=np.int32)
+            padded[0, : len(tail)] = tail
+            first, row = extend(self._weights, row, jnp.asarray(padded), start, len(tail), key, temperature_, top_p_)
+            return int(first), row
+
+        def prefix(ids: list[int], length: int, below: list[int], key) -> list:
+            """The cache of ids[:length], built once per call on the longest shorter shared start it extends."""
+            if length == 0:
+                return empty_row
+            head = tuple(ids[:length])
+            if head not in prefixes:
+                base = max((lv for lv in below if lv < length), default=0)
+                _, prefixes[head] = written(prefix(ids, base, below, key), list(head), base, key)
+                while len(prefixes) > MAX_PREFIXES:
+                    prefixes.popitem(last=False)
+            prefixes.move_to_end(head)
+            return prefixes[head]
 
         def start_row(i: int, key) -> tuple[int, list]:
-            """Row i's cache with its prompt written (its shared start copied in) and its first sampled token."""
-            shared, ids = starts[i], encoded[i]
-            row = empty_row
-            if shared:
-                head = tuple(ids[:shared])
-                if head not in prefixes:  # computed once per call: the tail token it samples is not used
-                    _, prefixes[head] = extend(self._weights, empty_row, jnp.asarray([head], dtype=jnp.int32), 0,
-                                               shared, key, temperature_, top_p_)
-                row = prefixes[head]
-            tail = ids[shared:]
-            padded = np.zeros((1, _round_up(len(tail), bucket)), dtype=np.int32)
-            padded[0, : len(tail)] = tail
-            first, row = extend(self._weights, row, jnp.asarray(padded), shared, len(tail), key, temperature_, top_p_)
-            return int(first), row
+            """Row i's cache with its prompt written (shared starts copied in) and its first sampled token."""
+            ids = encoded[i]
+            return written(prefix(ids, starts[i], levels[i], key), ids, starts[i], key)
 
         results: list[Generated | None] = [None] * len(prompts)
         queue = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
@@ -243,19 +258,26 @@ def gemma_forward_cache(weights, layers, batch: int, size: int):
     return gemma_forward.init_cache(weights, layers, batch, size)
 
 
-def _shared_starts(encoded: list[list[int]], bucket: int) -> list[int]:
-    """Per prompt, its longest start (in whole buckets) that another prompt of the call shares: computed once.
+def _shared_levels(encoded: list[list[int]], bucket: int) -> list[list[int]]:
+    """Per prompt, the starts (whole buckets) it shares with other prompts of the call, shortest first.
 
-    In sorted order a prompt's longest common start with any other is the one with a neighbour,
-    so few-shot prompts of several kinds each share their own kind's worked examples.
+    In sorted order a prompt's common starts with the others are the ones with its two
+    neighbours: for n samples of few-shot prompts, the worked examples it shares with other
+    problems of its kind and the whole prompt it shares with its own other samples. Each
+    level's cache is computed once and the next one extends it.
     """
     order = sorted(range(len(encoded)), key=lambda i: encoded[i])
-    starts = [0] * len(encoded)
+    levels: list[list[int]] = [[] for _ in encoded]
     for rank, i in enumerate(order):
-        longest = max((_common_prefix([encoded[i], encoded[order[j]]]) for j in (rank - 1, rank + 1)
-                       if 0 <= j < len(order)), default=0)
-        starts[i] = max(0, (min(longest, len(encoded[i]) - 1)) // bucket * bucket)  # every row keeps a token
-    return starts
+        found = {min(_common_prefix([encoded[i], encoded[order[j]]]), len(encoded[i]) - 1) // bucket * bucket
+                 for j in (rank - 1, rank + 1) if 0 <= j < len(order)}  # every row keeps a token of its own
+        levels[i] = sorted(level for level in found if level > 0)
+    return levels
+
+
+def _length_bucket(n: int, bucket: int) -> int:
+    """Tokens to pad a write of n to: whole buckets up to 4 of them, then whole blocks of 4 (few compiled shapes)."""
+    return _round_up(max(n, 1), bucket if n <= 4 * bucket else 4 * bucket)
 
 
 def _common_prefix(rows: list[list[int]]) -> int:

@@ -36,8 +36,9 @@ class TunixTeacher:
         payload = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
                    "stop": list(stops), "style": "completion"}
         ledger = Ledger(self.cache, self.name, [p.text for p in prompts], payload, params.n, progress=self.progress)
-        # Prompts of one few-shot header next to each other: rows decoding together share that start.
-        todo = sorted(ledger.missing, key=lambda item: (_header(prompts[item[0]]), len(prompts[item[0]].text)))
+        # One few-shot header's prompts together, each prompt's samples next to each other: the decoder
+        # computes a header once, a prompt once, and only each sample's first token per sample.
+        todo = sorted(ledger.missing, key=lambda item: (_header(prompts[item[0]]), prompts[item[0]].text))
         began = time.perf_counter()
 
         def done(i: int, generated) -> None:  # recorded (and cached) as each sample ends: a kill loses no other

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import subprocess
 import sys
 import time
@@ -12,12 +11,13 @@ import time
 import polars as pl
 import pytest
 
-from curation import generate, pull, dedup, store
+from curation import dedup, generate, pull, store
 from curation.config import DedupConfig, ProceduralSource, PullConfig, TeacherConfig
 from curation.teacher import SamplingParams, prompts
 from curation.teacher.cache import RequestCache
 from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
 from tests.support.fake_openai import FakeOpenAI, flaky
+from tests.support.kill import kill_after_cached
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_s=0.01, cap_s=2.0)
 
@@ -153,14 +153,7 @@ def test_cli_generate_against_a_flaky_server_then_resume_after_a_kill(tmp_path):
         argv = [sys.executable, "-m", "flows.cli", "generate", "--run", str(run), "--set", "teacher.backend=openai",
                 "--set", f"teacher.base_url={server.base_url}", "--set", "teacher.model=fake",
                 "--set", "teacher.n=2", "--set", "teacher.timeout_s=5", "--set", "teacher.concurrency=2"]
-        killed = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        cache = run / "generate" / "requests.jsonl"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 10):
-            time.sleep(0.05)
-        killed.kill()
-        killed.wait()
-        cached_before = {json.loads(line)["key"] for line in cache.read_text().splitlines() if line.endswith("}")}
+        cached_before = kill_after_cached(argv, run / "generate" / "requests.jsonl", 10, timeout=60)
         assert 10 <= len(cached_before) < 60
         requests_before = server.requests
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import polars as pl
 import pytest
@@ -15,6 +14,7 @@ from curation.config import DedupConfig, FilterConfig, JudgeConfig, ProceduralSo
 from curation.sources import procedural
 from curation.teacher.prompts import format_trace
 from tests.support.fake_openai import FakeOpenAI, flaky
+from tests.support.kill import kill_after_cached
 
 FLAW = "I guess"  # the fake judge calls a trace unsound when its reasoning says this
 
@@ -98,14 +98,7 @@ def test_killed_filter_resumes_without_asking_the_judge_again(tmp_path):
     with FakeOpenAI(answer=judge_answer, latency_s=0.2) as server:
         argv = [sys.executable, "-m", "flows.cli", "filter", "--run", str(run), "--set", "filter.min_tokens=1",
                 "--set", f"filter.judge={{base_url: '{server.base_url}', model: judge, concurrency: 2}}"]
-        killed = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        cache = run / "filter" / "judge.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 8):
-            time.sleep(0.05)
-        killed.kill()
-        killed.wait()
-        asked_before = {json.loads(line)["key"] for line in cache.read_text().splitlines() if line.endswith("}")}
+        asked_before = kill_after_cached(argv, run / "filter" / "judge.jsonl", 8)
         assert 8 <= len(asked_before) < 30
         requests_before = server.requests
         done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
