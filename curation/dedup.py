@@ -92,12 +92,17 @@ def trace_clusters(problem_ids: list[str], texts: list[str], *, threshold: float
                    shingle: int = 5) -> list[int]:
     """Like `cluster_ids`, but only traces of the same problem can share a cluster."""
     sigs = minhash.signatures(texts, shingle=shingle, num_perm=num_perm)
-    bands, rows = minhash.choose_bands(threshold, num_perm)
+    return trace_clusters_of(problem_ids, sigs, threshold=threshold)
+
+
+def trace_clusters_of(problem_ids: list[str], sigs: np.ndarray, *, threshold: float = 0.8) -> list[int]:
+    """`trace_clusters` from the traces' signatures (computed where the traces were checked)."""
+    bands, rows = minhash.choose_bands(threshold, sigs.shape[1])
     pairs = minhash.candidate_pairs(sigs, bands, rows)
     groups = np.asarray(pl.Series(problem_ids).rank("dense").to_numpy())
     pairs = pairs[groups[pairs[:, 0]] == groups[pairs[:, 1]]]
     pairs = pairs[minhash.jaccard(sigs, pairs) >= threshold]
-    return minhash.components(len(texts), pairs).tolist()
+    return minhash.components(len(sigs), pairs).tolist()
 
 
 def _clusters(sigs: np.ndarray, bands: int, rows: int, threshold: float) -> np.ndarray:

@@ -31,24 +31,28 @@ class Executor(Protocol):
 
     name: str  # "local" or "ray": for logs and the stage's execution record
     in_process: bool  # items run in this process, one at a time: they may share open files
+    task_cpus: int  # CPUs one item may keep busy (e.g. the answer checker's process pool)
 
-    def map(self, fn: Callable[..., R], items: Sequence[Any], *, name: str, shared: dict[str, Any] | None = None,
-            cpus: float = 1.0) -> Iterator[tuple[int, R]]:
+    def map(self, fn: Callable[..., R], items: Sequence[Any], *, name: str, shared: dict[str, Any] | None = None
+            ) -> Iterator[tuple[int, R]]:
         """`fn(item, **shared)` for every item; yields (index, result) as each finishes, in any order.
 
         `shared` holds values every call reads (sent to a cluster once, not once per item);
-        `name` labels the work in logs and in Ray's task list; `cpus` is what one call uses.
+        `name` labels the work in logs and in Ray's task list.
         """
 
 
 class LocalExecutor:
-    """Every item in this process, in order."""
+    """Every item in this process, in order; an item may use `task_cpus` processes of its own."""
 
     name = "local"
     in_process = True
 
-    def map(self, fn: Callable[..., R], items: Sequence[Any], *, name: str, shared: dict[str, Any] | None = None,
-            cpus: float = 1.0) -> Iterator[tuple[int, R]]:
+    def __init__(self, task_cpus: int = 2):  # 2: the answer checker's pool size since the first version
+        self.task_cpus = task_cpus
+
+    def map(self, fn: Callable[..., R], items: Sequence[Any], *, name: str, shared: dict[str, Any] | None = None
+            ) -> Iterator[tuple[int, R]]:
         """Call fn on each item here, in order."""
         for index, item in enumerate(items):
             try:
@@ -69,8 +73,9 @@ class RayExecutor:
     name = "ray"
     in_process = False
 
-    def __init__(self, address: str | None = None, *, in_flight_per_cpu: int = 2):
+    def __init__(self, address: str | None = None, *, task_cpus: int = 1, in_flight_per_cpu: int = 2):
         self.address = address
+        self.task_cpus = task_cpus  # what each task reserves: Ray runs as many at once as the cluster has CPUs
         self.in_flight_per_cpu = in_flight_per_cpu
 
     def connect(self) -> Any:
@@ -92,14 +97,14 @@ class RayExecutor:
         """CPUs of the whole cluster."""
         return max(1, int(self.connect().cluster_resources().get("CPU", 1)))
 
-    def map(self, fn: Callable[..., R], items: Sequence[Any], *, name: str, shared: dict[str, Any] | None = None,
-            cpus: float = 1.0) -> Iterator[tuple[int, R]]:
+    def map(self, fn: Callable[..., R], items: Sequence[Any], *, name: str, shared: dict[str, Any] | None = None
+            ) -> Iterator[tuple[int, R]]:
         """Submit items as Ray tasks, a bounded number at a time; yield each result as it lands."""
         ray = self.connect()
-        remote = ray.remote(_call).options(name=name, num_cpus=cpus)
+        remote = ray.remote(_call).options(name=name, num_cpus=self.task_cpus)
         refs = {key: ray.put(value) for key, value in {"fn": fn, **(shared or {})}.items()}  # once, not per task
         # Bounded: the object store holds only the inputs of tasks in flight, not of every shard at once.
-        window = max(2, self.cpus() * self.in_flight_per_cpu)
+        window = max(2, self.cpus() // self.task_cpus * self.in_flight_per_cpu)
         waiting = list(range(len(items)))[::-1]
         running: dict[Any, int] = {}
         try:

@@ -152,8 +152,7 @@ def _compute(fn: Callable[..., ShardOutput], shards: Shards, item: tuple[str, An
 
 
 def run(executor: Executor, shards: Shards, fn: Callable[..., ShardOutput], items: Sequence[tuple[str, Any]], *,
-        name: str, shared: dict[str, Any] | None = None, cpus: float = 1.0, report: dict[str, Report] | None = None
-        ) -> list[str]:
+        name: str, shared: dict[str, Any] | None = None, report: dict[str, Report] | None = None) -> list[str]:
     """Compute every unfinished shard `(label, arg)` as `fn(arg, **shared)`; the labels, in order.
 
     `report`, when given, records under `name` which shards were computed and which reused.
@@ -169,8 +168,7 @@ def run(executor: Executor, shards: Shards, fn: Callable[..., ShardOutput], item
     if done.reused:
         logger.info("%s: %d of %d shards already finished; computing %d", name, len(done.reused), len(labels),
                     len(pending))
-    for _, label in executor.map(functools.partial(_compute, fn, shards), pending, name=name, shared=shared,
-                                 cpus=cpus):
+    for _, label in executor.map(functools.partial(_compute, fn, shards), pending, name=name, shared=shared):
         done.computed.append(label)
     if report is not None:
         report[name] = done
@@ -198,9 +196,9 @@ class Plan:
     report: dict[str, Report] = field(default_factory=dict)
 
     def run(self, fn: Callable[..., ShardOutput], items: Sequence[tuple[str, Any]], *, name: str,
-            shared: dict[str, Any] | None = None, cpus: float = 1.0) -> list[str]:
+            shared: dict[str, Any] | None = None) -> list[str]:
         """Compute the unfinished shards (see `run`); the labels, in order."""
-        return run(self.executor, self.shards, fn, items, name=name, shared=shared, cpus=cpus, report=self.report)
+        return run(self.executor, self.shards, fn, items, name=name, shared=shared, report=self.report)
 
     def rows(self, work: str, n: int) -> list[tuple[str, tuple[int, int]]]:
         """(label, (start, stop)) of the row shards of n rows."""

@@ -19,6 +19,9 @@ from curation import answers
 from curation.teacher.prompts import format_trace
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
+_OPENING_WORDS = ("first second then next also read check note the problem asks what we know given find "
+                  "quantity each step carefully write down values plan approach compute total part whole "
+                  "amount careful look again start simple idea method").split()
 
 
 def reasoning_of(source: str, solution: str) -> str:
@@ -30,6 +33,12 @@ def reasoning_of(source: str, solution: str) -> str:
 
 def _bucket(problem_id: str, sample: int) -> int:
     return int(hashlib.sha256(f"{problem_id}/{sample}".encode()).hexdigest(), 16) % 100
+
+
+def _opening(problem_id: str, sample: int, words: int = 30) -> str:
+    """A sample's own opening sentence: two samples of one problem differ as two real samples do."""
+    digest = hashlib.sha256(f"opening/{problem_id}/{sample}".encode()).digest()
+    return " ".join(_OPENING_WORDS[b % len(_OPENING_WORDS)] for b in digest[:words]).capitalize() + "."
 
 
 def _wrong(answer: str) -> str:
@@ -50,8 +59,8 @@ def sample(problem_id: str, source: str, solution: str, gold: str, k: int) -> tu
     if bucket < 21:
         return format_trace(" ".join(["so we add it again"] * 30), gold), "stop"
     if bucket < 30 and k > 0:
-        return format_trace(reasoning, gold), "stop"  # the same text as sample 0: a near-duplicate
-    return format_trace(f"Sample {k}. {reasoning}", gold), "stop"
+        return format_trace(f"{_opening(problem_id, 0)} {reasoning}", gold), "stop"  # sample 0 again
+    return format_trace(f"{_opening(problem_id, k)} {reasoning}", gold), "stop"
 
 
 def generations(problems: pl.DataFrame, n: int) -> pl.DataFrame:
