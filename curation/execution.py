@@ -101,7 +101,9 @@ class RayExecutor:
             ) -> Iterator[tuple[int, R]]:
         """Submit items as Ray tasks, a bounded number at a time; yield each result as it lands."""
         ray = self.connect()
-        remote = ray.remote(_call).options(name=name, num_cpus=self.task_cpus)
+        # SPREAD: shards are CPU work with no data on any node (inputs travel with the task), so
+        # balance them over nodes rather than fill the driver's node first.
+        remote = ray.remote(_call).options(name=name, num_cpus=self.task_cpus, scheduling_strategy="SPREAD")
         refs = {key: ray.put(value) for key, value in {"fn": fn, **(shared or {})}.items()}  # once, not per task
         # Bounded: the object store holds only the inputs of tasks in flight, not of every shard at once.
         window = max(2, self.cpus() // self.task_cpus * self.in_flight_per_cpu)

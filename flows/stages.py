@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from curation import runlock, store
 from curation.config import Config
@@ -30,16 +31,23 @@ STAGE_HELP = {
 }
 
 
+def _execution(config: Config) -> dict[str, Any]:
+    """Where a curation stage's per-row work runs (`execution.*`): never part of its key."""
+    from curation.execution import make_executor
+
+    return {"executor": make_executor(config.execution), "shard_rows": config.execution.shard_rows}
+
+
 def _pull(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from curation import pull
 
-    return pull.run(run_dir, config.pull_stage(), force=force)
+    return pull.run(run_dir, config.pull_stage(), force=force, **_execution(config))
 
 
 def _dedup(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from curation import dedup
 
-    return dedup.run(run_dir, config.dedup, force=force)
+    return dedup.run(run_dir, config.dedup, force=force, **_execution(config))
 
 
 def _generate(run_dir: Path, config: Config, force: bool) -> store.Manifest:
@@ -47,14 +55,15 @@ def _generate(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from flows.secrets import teacher_api_key
 
     return generate.run(run_dir, config.teacher, seed=config.seed, force=force,
-                        api_key=teacher_api_key(config.teacher))
+                        api_key=teacher_api_key(config.teacher), **_execution(config))
 
 
 def _filter(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from curation import filters
     from flows.secrets import judge_api_key
 
-    return filters.run(run_dir, config.filter, force=force, judge_api_key=judge_api_key(config.filter.judge))
+    return filters.run(run_dir, config.filter, force=force, judge_api_key=judge_api_key(config.filter.judge),
+                       **_execution(config))
 
 
 def _build(run_dir: Path, config: Config, force: bool) -> store.Manifest:
