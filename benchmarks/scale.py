@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,34 +127,42 @@ def child(args: argparse.Namespace) -> None:
 
 
 class Sampler:
-    """Peak RSS of every process of a Ray cluster, by kind, sampled in a thread."""
+    """Peak RSS of every process of a Ray cluster, by kind, sampled in a thread (only when `on`)."""
 
-    def __init__(self, cluster, period_s: float = 0.2):
-        self.cluster, self.period_s = cluster, period_s
+    def __init__(self, cluster, on: bool, period_s: float = 0.2):
+        self.cluster, self.on, self.period_s = cluster, on, period_s
         self.peaks: dict[int, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Sampler:
-        self._thread.start()
+        if self.on:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self.on:
+            self._thread.join()
 
     def _run(self) -> None:
         import psutil
 
+        kinds: dict[int, str] = {}
+        procs: list[psutil.Process] = []
+        last_listed = 0.0
         while not self._stop.is_set():
-            for proc in self.cluster.processes():
+            if time.monotonic() - last_listed > 2.0:  # new workers appear; listing costs more than reading RSS
+                procs, last_listed = self.cluster.tree(), time.monotonic()
+            for proc in procs:
                 try:
+                    if proc.pid not in kinds:
+                        kinds[proc.pid] = _kind(proc.name(), " ".join(proc.cmdline()))
                     rss = proc.memory_info().rss / 2**20
-                    kind = _kind(proc.name(), " ".join(proc.cmdline()))
                 except psutil.Error:
                     continue
                 if rss > self.peaks.get(proc.pid, ("", 0.0))[1]:
-                    self.peaks[proc.pid] = (kind, rss)
+                    self.peaks[proc.pid] = (kinds[proc.pid], rss)
             self._stop.wait(self.period_s)
 
     def by_kind(self) -> dict[str, float]:
@@ -165,10 +174,10 @@ class Sampler:
 
 
 def _kind(name: str, cmdline: str) -> str:
-    if "default_worker.py" in cmdline or (name.startswith("ray::") and "Agent" not in name):
-        return "ray worker"
     if "multiprocessing" in cmdline:
         return "checker pool (child of a worker)"
+    if "default_worker.py" in cmdline or (name.startswith("ray::") and "Agent" not in name):
+        return "ray worker"
     return "ray system (gcs, raylet, agents)"
 
 
@@ -177,7 +186,7 @@ def measure(args: argparse.Namespace, folder: Path, engine: str, work: str, tag:
     argv = [sys.executable, __file__, "--child", "--engine", engine, "--work", work, "--folder", str(folder),
             "--tag", tag, "--shard-rows", str(args.shard_rows), "--address", cluster.address]
     env = {**os.environ, **cluster.driver_env, "PYTHONPATH": str(ROOT)}
-    with Sampler(cluster) as sampler:
+    with Sampler(cluster, on=engine == "ray") as sampler:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=7200)
     if done.returncode != 0:
         raise RuntimeError(f"{engine} {work} failed:\n{done.stderr[-4000:]}")
@@ -202,6 +211,8 @@ def main() -> None:
 
     from tests.support.ray_cluster import RayCluster
 
+    # A background job ignores SIGINT: let SIGTERM unwind too, so the Ray node and temp files go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="scale-", dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
         folder = Path(tmp)
         started = time.perf_counter()

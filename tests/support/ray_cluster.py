@@ -109,6 +109,15 @@ class RayCluster:
                 raise RuntimeError(f"only {done.stdout.strip()!r} of {self.nodes} Ray nodes came up: {done.stderr[-2000:]}")
             time.sleep(1)
 
+    def tree(self) -> list[psutil.Process]:
+        """The `ray start` commands and their descendants (every node process, cheaply: no full scan)."""
+        found: list[psutil.Process] = []
+        for proc in self._procs:
+            with contextlib.suppress(psutil.Error):
+                parent = psutil.Process(proc.pid)
+                found += [parent, *parent.children(recursive=True)]
+        return found
+
     def processes(self) -> list[psutil.Process]:
         """Every live process of this cluster: the `ray start` commands, their children, and any that
         name its temp dir."""
