@@ -94,6 +94,50 @@ def _cycle(frame: pl.DataFrame, n: int) -> pl.DataFrame:
     return pl.concat(parts)
 
 
+class TimedExecutor(LocalExecutor):
+    """The local executor, timing each kind of work: what runs in parallel on Ray, and what stays serial."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[str, float] = {}
+        self.items: dict[str, int] = {}
+
+    def map(self, fn, items, *, name, shared=None):
+        for index, item in enumerate(items):
+            started = time.perf_counter()
+            result = fn(item, **(shared or {}))
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            self.items[name] = self.items.get(name, 0) + 1
+            yield index, result
+
+
+def phases(args: argparse.Namespace, folder: Path) -> None:
+    """One local run of each workload with its work timed by kind: the figures behind the capacity estimate."""
+    for work in WORKS:
+        executor = TimedExecutor()
+        plan = shards.Plan(executor=executor, shards=shards.FolderShards(folder / "shards" / f"phases-{work}",
+                                                                         "0" * 16), shard_rows=args.shard_rows)
+        if work == "dedup":
+            problems, bench = pl.read_parquet(folder / "problems.parquet"), pl.read_parquet(folder / "bench.parquet")
+            started = time.perf_counter()
+            result = dedup.dedup(problems, bench, dedup.Params.from_config(DedupConfig()), _NoEarlier(),
+                                 plan=plan).result
+        else:
+            problems = pl.read_parquet(folder / "trace_problems.parquet")
+            generations = pl.read_parquet(folder / "generations.parquet")
+            started = time.perf_counter()
+            result = filters.filter_traces(generations, problems, FilterConfig(), plan=plan)
+        total = time.perf_counter() - started
+        rows = result.stats.rows_in
+        parts = ", ".join(f"{name} {s:.1f} s in {executor.items[name]} items ({rows / s:,.0f} rows/s)"
+                          for name, s in executor.seconds.items())
+        serial = total - sum(executor.seconds.values())
+        print(f"phases {work}: {rows} rows in {total:.1f} s; {parts}; serial rest (driver) {serial:.1f} s "
+              f"({rows / serial:,.0f} rows/s); driver peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB", flush=True)
+        plan.shards.remove()
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this fresh process: print a JSON line of its figures."""
     folder = Path(args.folder)
@@ -202,6 +246,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the Ray node")
     parser.add_argument("--shard-rows", type=int, default=shards.DEFAULT_SHARD_ROWS)
+    parser.add_argument("--phases", action="store_true", help="time each kind of work of one local run instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--engine", "--work", "--folder", "--tag", "--address"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -221,6 +266,8 @@ def main() -> None:
               f"benchmark items; {mix['traces']} traces of {mix['trace_problems']} problems "
               f"({mix['latex_problems']} MATH-500 with LaTeX answers, the rest GSM8K plain numbers), "
               f"{SAMPLES} samples each; shard_rows={args.shard_rows}", flush=True)
+        if args.phases:
+            return phases(args, folder)
         started = time.perf_counter()
         with RayCluster(nodes=1, cpus=args.cpus, dashboard=False) as cluster:
             print(f"ray: one node with {args.cpus} CPUs started in {time.perf_counter() - started:.1f} s", flush=True)

@@ -93,6 +93,7 @@ def gather(run_dir: Path) -> dict[str, Any]:
                        "rejected": stats["rejected"], "reasons": stats["reasons"]})
     dedup = _stats(run_dir, "dedup")
     generate = manifests["generate"].config
+    endpoints = endpoint_summary(_stats(run_dir, "generate").get("endpoints", {}))
     config_text = curation_config(run_dir)
     return scrub({
         "dataset": run_dir.resolve().parent.name,
@@ -108,8 +109,7 @@ def gather(run_dir: Path) -> dict[str, Any]:
                                                       "max_new_tokens")}
                    | {"template_version": generate.get("template"), "system_prompt": prompts.SYSTEM,
                       "tokens_per_s": _stats(run_dir, "generate").get("tokens_per_s")}
-                   | ({"endpoints": line} if (line := endpoint_summary(_stats(run_dir, "generate").get("endpoints", {})))
-                      else {}),
+                   | ({"endpoints": endpoints} if endpoints else {}),
         "filter": _stats(run_dir, "filter"),
         "build": _stats(run_dir, "build"),
         "stage_hashes": {stage: m.outputs for stage, m in manifests.items()},

@@ -106,7 +106,8 @@ class RayCluster:
             if done.stdout.strip().splitlines()[-1:] == [str(self.nodes)]:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {done.stdout.strip()!r} of {self.nodes} Ray nodes came up: {done.stderr[-2000:]}")
+                raise RuntimeError(f"only {done.stdout.strip()!r} of {self.nodes} Ray nodes came up: "
+                                   f"{done.stderr[-2000:]}")
             time.sleep(1)
 
     def tree(self) -> list[psutil.Process]:
