@@ -71,7 +71,7 @@ def test_filter_flow_on_ray_started_by_prefect_has_a_task_run_per_shard(tmp_path
     assert done.returncode == 0, done.stderr[-4000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     shards = -(-2 * problems.height // 100)
-    assert figures["task_runs"] == sorted((f"filter.checks #{i}", "COMPLETED") for i in range(shards))
+    assert figures["task_runs"] == sorted([f"filter.checks #{i}", "COMPLETED"] for i in range(shards))
     assert not figures["skipped"] and not figures["ray_left_running"]  # the runner stopped the Ray it started
     for name in (store.DATA, store.REJECTED, "pass_rates.parquet"):
         assert (run / "filter" / name).read_bytes() == (local / "filter" / name).read_bytes()
