@@ -23,7 +23,7 @@ R = TypeVar("R")
 
 
 class ExecutionError(RuntimeError):
-    """A piece of work failed where it ran; the message names the work, the item and the cause."""
+    """Work cannot run as asked (no Ray, shards in memory for a cluster), or failed without a readable cause."""
 
 
 class Executor(Protocol):
@@ -38,7 +38,8 @@ class Executor(Protocol):
         """`fn(item, **shared)` for every item; yields (index, result) as each finishes, in any order.
 
         `shared` holds values every call reads (sent to a cluster once, not once per item);
-        `name` labels the work in logs and in Ray's task list.
+        `name` labels the work in logs and in Ray's task list. An item's exception is raised as
+        itself (a SourceError stays a SourceError), with a note naming the work and the item.
         """
 
 
@@ -58,7 +59,8 @@ class LocalExecutor:
             try:
                 result = fn(item, **(shared or {}))
             except Exception as error:
-                raise ExecutionError(f"{name}: item {index} failed: {type(error).__name__}: {error}") from error
+                error.add_note(f"in {name}, item {index} (local engine)")
+                raise
             yield index, result
 
 
@@ -119,9 +121,11 @@ class RayExecutor:
                 try:
                     result = ray.get(done[0])
                 except ray.exceptions.RayTaskError as error:
-                    cause = getattr(error, "cause", None) or error
-                    raise ExecutionError(f"{name}: item {index} failed on a Ray worker: "
-                                         f"{type(cause).__name__}: {cause}") from cause
+                    cause = getattr(error, "cause", None)
+                    if not isinstance(cause, Exception):
+                        raise ExecutionError(f"{name}: item {index} failed on a Ray worker: {error}") from error
+                    cause.add_note(f"in {name}, item {index} (a Ray task)")
+                    raise cause from error
                 yield index, result
         finally:
             for ref in running:  # the driver stops (an error, Ctrl-C): so do its tasks

@@ -10,6 +10,7 @@ must be storage that every node sees; the driver then reads only what it needs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -102,6 +103,12 @@ class FolderShards:
     def remove(self) -> None:
         """Delete every shard of the stage: its manifest now stands for them."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def prune(self) -> None:
+        """After a failure: keep finished shards for the next run, but no folder that holds none."""
+        for folder in (self.folder, self.root):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 
 class MemoryShards:
@@ -232,7 +239,11 @@ def run_stage(run_dir: Path, stage: str, *, config: Any, inputs: dict[str, str],
         ran.append(True)
         return compute(plan)
 
-    manifest = store.run_stage(run_dir, stage, config=config, inputs=inputs, compute=sharded, force=force)
+    try:
+        manifest = store.run_stage(run_dir, stage, config=config, inputs=inputs, compute=sharded, force=force)
+    except BaseException:
+        folder.prune()
+        raise
     if ran:
         write_record(stage_dir, plan.executor, plan.shard_rows, plan.report)
     folder.remove()

@@ -17,8 +17,6 @@ from typing import Any, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from curation.execution import ExecutionError
-
 R = TypeVar("R")
 
 
@@ -64,8 +62,8 @@ class PrefectRayExecutor:
                 try:
                     result = future.result()
                 except Exception as error:
-                    raise ExecutionError(f"{name}: item {index} failed in its Prefect task run: "
-                                         f"{type(error).__name__}: {error}") from error
+                    error.add_note(f"in {name}, item {index} (a Prefect task run on Ray)")
+                    raise
                 yield index, result
         finally:
             for ref in running:
