@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 SLOW_STAMP := $(VENV)/.installed-llama
 RUN_DIR ?= runs/demo/v1
 PROFILE ?= cpu-smoke
-DEV_EXTRAS := .[dev]
-SLOW_EXTRAS := .[dev,llama]
+# ray: the Ray engine's tests run in `make test` (and so in CI); `make run` never needs it
+DEV_EXTRAS := .[dev,ray]
+SLOW_EXTRAS := .[dev,llama,ray]
 # uv when present, else pip; one function so both targets install the same way (commas must
 # stay inside variables: $(call) splits its arguments at commas)
 pip_install = if command -v uv >/dev/null 2>&1; then uv pip install --python $(BIN)/python $(1); \

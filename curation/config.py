@@ -1,7 +1,7 @@
 """The one typed pipeline config: named profiles (YAML), a config file, then `--set` overrides.
 
 Keys are stable (DESIGN.md "Interfaces"): `seed`, `sources`, `teacher.*`, `filter.*`,
-`dedup.*`, `student.model`, `sft.*`, `grpo.*`, `eval.*`, `mesh.*`.
+`dedup.*`, `student.model`, `sft.*`, `grpo.*`, `eval.*`, `mesh.*`, `execution.*`.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PROFILES_PACKAGE = "curation.profiles"
 DEFAULT_PROFILE = "cpu-smoke"
@@ -52,11 +53,21 @@ class HubSource(_Strict):
 Source = Annotated[ProceduralSource | HubSource, Field(discriminator="kind")]
 
 
+def _http_url(url: str, key: str) -> str:
+    """`url` if it is an http(s) URL with a host; ValueError naming the key and the value otherwise."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"{key} must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
+    return url
+
+
 class TeacherConfig(_Strict):
     """Which model writes the reasoning traces, and how it is sampled."""
 
     backend: Literal["openai", "tunix"] = "tunix"
-    base_url: str | None = None
+    # One endpoint, or several serving the same model (vLLM replicas, providers): each request goes
+    # to the one with the fewest requests in flight (curation.teacher.endpoints).
+    base_url: str | list[str] | None = None
     model: str = "gemma3-270m"
     api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
     api_key_block: str | None = None  # or the name of a Prefect Secret block holding the key (it wins)
@@ -69,6 +80,30 @@ class TeacherConfig(_Strict):
     style: Literal["chat", "completion"] = "chat"  # completion: few-shot text for base models
     native_n: bool = True  # ask for n choices in one request; falls back to one request per sample
     max_attempts: int = Field(default=6, ge=1)  # per request, retries included
+    # An endpoint that fails this many requests in a row is benched for bench_s seconds, then tried again.
+    bench_after: int = Field(default=3, ge=1)
+    bench_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str):
+            return _http_url(value, "teacher.base_url")
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("teacher.base_url is an empty list; give one URL or several")
+            for url in value:
+                _http_url(url, "teacher.base_url")
+            repeated = sorted({url for url in value if value.count(url) > 1})
+            if repeated:
+                raise ValueError(f"teacher.base_url lists {repeated[0]!r} more than once")
+        return value
+
+    def base_urls(self) -> list[str]:
+        """The endpoints as a list (empty when none is configured)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
 class JudgeConfig(_Strict):
@@ -195,6 +230,37 @@ class OrchestrationConfig(_Strict):
     training_deployment: str | None = None
 
 
+class ExecutionConfig(_Strict):
+    """Where the curation stages' per-row work runs; never part of a stage's key.
+
+    `local`: in this process. `ray`: as Ray tasks on a cluster (curation.execution), whose
+    nodes must all see the run folder (shared storage). A run made with one engine is
+    complete for the other: outputs are the same, so a stage done on `ray` is skipped on
+    `local` and the other way round.
+    """
+
+    engine: Literal["local", "ray"] = "local"
+    # ray only. None or "": start a Ray instance on this machine; "auto": the cluster this machine
+    # belongs to; "ray://host:10001": a remote cluster through Ray Client; "host:6379": its GCS.
+    address: str | None = None
+    shard_rows: int = Field(default=50_000, ge=1)  # rows per shard: the unit of Ray work and of resume
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if not value or value == "auto":
+            return value or None
+        if value.startswith("ray://"):
+            host_port = value.removeprefix("ray://")
+        else:
+            host_port = value
+        host, sep, port = host_port.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"execution.address must be empty, 'auto', 'ray://host:port' or 'host:port', "
+                             f"got {value!r}")
+        return value
+
+
 class PullSettings(_Strict):
     """Limits on what a source row may hold (the `pull.*` keys)."""
 
@@ -227,6 +293,7 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     mesh: MeshConfig = MeshConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     def pull_stage(self) -> PullConfig:
         """The pull stage's part of the config."""

@@ -8,7 +8,6 @@ first row. Each rejected row names the row it duplicates (`dup_of`) and the esti
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from curation import minhash, sources, store
+from curation import dedup_shards, minhash, shards, sources, store
 from curation.config import DedupConfig, HubSource
 from curation.dedup_index import VersionIndex, open_index
+from curation.dedup_shards import exact_keys
+from curation.execution import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,6 @@ class DedupStats(store.StageStats):
     earlier_versions: list[str] = field(default_factory=list)
 
 
-def exact_keys(texts: list[str]) -> list[str]:
-    """A short hash of each normalized text: equal keys mean exact duplicates."""
-    return [hashlib.blake2b(t.encode(), digest_size=12).hexdigest() for t in minhash.normalize_many(texts)]
-
-
 def cluster_ids(texts: list[str], *, threshold: float = 0.8, num_perm: int = 128, shingle: int = 5) -> list[int]:
     """For each text, the index of its cluster's representative (the cluster's first text)."""
     sigs = minhash.signatures(texts, shingle=shingle, num_perm=num_perm)
@@ -96,12 +92,17 @@ def trace_clusters(problem_ids: list[str], texts: list[str], *, threshold: float
                    shingle: int = 5) -> list[int]:
     """Like `cluster_ids`, but only traces of the same problem can share a cluster."""
     sigs = minhash.signatures(texts, shingle=shingle, num_perm=num_perm)
-    bands, rows = minhash.choose_bands(threshold, num_perm)
+    return trace_clusters_of(problem_ids, sigs, threshold=threshold)
+
+
+def trace_clusters_of(problem_ids: list[str], sigs: np.ndarray, *, threshold: float = 0.8) -> list[int]:
+    """`trace_clusters` from the traces' signatures (computed where the traces were checked)."""
+    bands, rows = minhash.choose_bands(threshold, sigs.shape[1])
     pairs = minhash.candidate_pairs(sigs, bands, rows)
     groups = np.asarray(pl.Series(problem_ids).rank("dense").to_numpy())
     pairs = pairs[groups[pairs[:, 0]] == groups[pairs[:, 1]]]
     pairs = pairs[minhash.jaccard(sigs, pairs) >= threshold]
-    return minhash.components(len(texts), pairs).tolist()
+    return minhash.components(len(sigs), pairs).tolist()
 
 
 def _clusters(sigs: np.ndarray, bands: int, rows: int, threshold: float) -> np.ndarray:
@@ -111,14 +112,13 @@ def _clusters(sigs: np.ndarray, bands: int, rows: int, threshold: float) -> np.n
     return minhash.components(len(sigs), pairs)
 
 
-def _ngram_index(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
-    """Sorted 64-bit hashes of every word n-gram of texts, the text each came from, and words."""
-    normalized = minhash.normalize_many(texts)
-    words, lengths = minhash.word_hashes(normalized, {})
+def _ngram_index(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted 64-bit hashes of every word n-gram of texts, and the text each came from."""
+    words, lengths = minhash.word_hashes(minhash.normalize_many(texts), {})
     hashes, counts = minhash.window_hashes(words, lengths, n, short=False, wide=True)
     owner = np.repeat(np.arange(len(texts)), counts)
     order = np.argsort(hashes, kind="stable")
-    return hashes[order], owner[order], [t.split(" ") for t in normalized]
+    return hashes[order], owner[order]
 
 
 def contamination(train: list[str], bench: list[str], *, n: int = 13, max_df: int = 10
@@ -128,12 +128,21 @@ def contamination(train: list[str], bench: list[str], *, n: int = 13, max_df: in
     N-grams found in more than `max_df` training texts are boilerplate ("how much money does
     she have left") and are dropped from the benchmark index rather than counted as leaks.
     """
-    bench_h, bench_owner, _ = _ngram_index(bench, n)
-    train_h, train_owner, train_words = _ngram_index(train, n)
-    hit = np.isin(train_h, bench_h)
-    pairs = np.unique(np.stack([train_h[hit], train_owner[hit].astype(np.uint64)], axis=1), axis=0)
-    if len(pairs) == 0:
+    bench_h, bench_owner = _ngram_index(bench, n)
+    hits = dedup_shards.ngram_hits(train, np.unique(bench_h), n)
+    return leaks_from_hits(hits, bench_h, bench_owner, train, n=n, max_df=max_df)
+
+
+def leaks_from_hits(hits: np.ndarray, bench_h: np.ndarray, bench_owner: np.ndarray, train: list[str], *, n: int,
+                    max_df: int) -> dict[int, tuple[int, str]]:
+    """`contamination` from the (n-gram, training row) pairs that hit the benchmark index, gathered from shards.
+
+    For each training row, its smallest non-boilerplate n-gram hash and the first benchmark
+    text holding it: the same whatever the shards.
+    """
+    if len(hits) == 0:
         return {}
+    pairs = np.unique(hits, axis=0)
     grams, df = np.unique(pairs[:, 0], return_counts=True)
     boilerplate = grams[df > max_df]
     pairs = pairs[~np.isin(pairs[:, 0], boilerplate)]
@@ -143,8 +152,7 @@ def contamination(train: list[str], bench: list[str], *, n: int = 13, max_df: in
         if doc in found:
             continue
         bench_idx = int(bench_owner[np.searchsorted(bench_h, gram)])
-        words = train_words[doc]
-        found[doc] = (bench_idx, _find_gram(words, gram, n))
+        found[doc] = (bench_idx, _find_gram(minhash.normalize(train[doc]).split(" "), gram, n))
     return found
 
 
@@ -197,12 +205,21 @@ class DedupOutput:
 
 
 def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: VersionIndex,
-          *, ngram: int = 13, max_df: int = 10) -> DedupOutput:
-    """Split problems into kept and rejected (contaminated, in earlier versions, duplicates)."""
+          *, ngram: int = 13, max_df: int = 10, plan: shards.Plan | None = None) -> DedupOutput:
+    """Split problems into kept and rejected (contaminated, in earlier versions, duplicates).
+
+    `plan` says where the per-row work runs (row shards, LSH bands, components); by default
+    here, with shards in memory. The result is the same wherever it runs.
+    """
     started = time.time()
+    plan = plan or shards.in_memory()
     texts = problems["problem"].to_list()
-    keys = exact_keys(texts)
-    sigs = minhash.signatures(texts, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed)
+    bench_texts = bench["problem"].to_list()
+    bench_h, bench_owner = _ngram_index(bench_texts, ngram)
+    hashing = dedup_shards.Hashing(shingle=params.shingle, num_perm=params.num_perm, seed=params.seed,
+                                   bands=params.bands, rows=params.rows, ngram=ngram, bench_grams=np.unique(bench_h))
+    labels = dedup_shards.hash_rows(plan, texts, hashing)
+    keys, sigs, hits = dedup_shards.gathered(plan, labels, params.num_perm)
     ids = problems["id"].to_list()
     rejected_parts: list[pl.DataFrame] = []
     alive = np.ones(len(texts), dtype=bool)
@@ -214,12 +231,12 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
     # 1. Benchmark leakage: shared n-grams, or a MinHash near-duplicate of a benchmark item.
     if bench.height:
         bench_names = [f"{s}:{i}" for s, i in bench.select("source", "source_id").iter_rows()]
-        bench_sigs = minhash.signatures(bench["problem"].to_list(), shingle=params.shingle,
-                                        num_perm=params.num_perm, seed=params.seed)
+        bench_sigs = minhash.signatures(bench_texts, shingle=params.shingle, num_perm=params.num_perm,
+                                        seed=params.seed)
         leaks = {doc: Leak(b, f"shares the {ngram}-gram '{gram}'", float((sigs[doc] == bench_sigs[b]).mean()), gram)
-                 for doc, (b, gram) in contamination(texts, bench["problem"].to_list(), n=ngram,
-                                                     max_df=max_df).items()}
-        for doc, b, j in minhash.cross_matches(sigs, bench_sigs, params.bands, params.rows, params.threshold):
+                 for doc, (b, gram) in leaks_from_hits(hits, bench_h, bench_owner, texts, n=ngram,
+                                                       max_df=max_df).items()}
+        for doc, b, j in _bench_matches(plan, labels, sigs, bench_sigs, params):
             leaks.setdefault(doc, Leak(b, f"MinHash near-duplicate (Jaccard {j:.2f})", j, None))
         rows = sorted(leaks)
         sources, source_ids = bench["source"].to_list(), bench["source_id"].to_list()
@@ -229,7 +246,6 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
         rejected_parts.append(_reject(problems, rows, DedupReason.CONTAMINATED,
                                       [bench_names[leaks[r].bench] for r in rows], [leaks[r].jaccard for r in rows],
                                       [leaks[r].how for r in rows], evidence))
-        bench_texts = bench["problem"].to_list()
         for r in rows:
             leak, source = leaks[r], sources[leaks[r].bench]
             stats.contaminated_by[source] = stats.contaminated_by.get(source, 0) + 1
@@ -260,9 +276,12 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
                                   ["same text after normalization"] * len(dupes)))
     alive[[i for i, _ in dupes]] = False
     live = np.flatnonzero(alive)
-    rep = live[_clusters(sigs[live], params.bands, params.rows, params.threshold)]
+    pairs = dedup_shards.candidate_pairs(plan, labels, params.bands, keep=alive)  # numbered within `live`
+    pairs = pairs[_jaccard(sigs, live[pairs[:, 0]], live[pairs[:, 1]]) >= params.threshold]
+    rep = live[dedup_shards.components(plan, len(live), pairs)]
     near = [(int(i), int(r)) for i, r in zip(live, rep) if i != r]
-    near_j = [float((sigs[i] == sigs[r]).mean()) for i, r in near]
+    near_j = _jaccard(sigs, np.asarray([i for i, _ in near], dtype=np.int64),
+                      np.asarray([r for _, r in near], dtype=np.int64)).tolist()
     rejected_parts.append(_reject(problems, [i for i, _ in near], DedupReason.NEAR_DUPLICATE,
                                   [ids[r] for _, r in near], near_j,
                                   [f"MinHash cluster of {ids[r]}" for _, r in near]))
@@ -278,8 +297,34 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
                        keys=[k for k, a in zip(keys, alive) if a], signatures=sigs[alive])
 
 
-def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Manifest:
-    """Run the dedup stage on the pull output of `run_dir`; record kept rows in the version index."""
+def _jaccard(sigs: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard of rows left[k] and right[k]: the share of equal signature values."""
+    if len(left) == 0:
+        return np.empty(0)
+    return (sigs[left] == sigs[right]).mean(axis=1)
+
+
+def _bench_matches(plan: shards.Plan, labels: list[str], sigs: np.ndarray, bench_sigs: np.ndarray, params: Params
+                   ) -> list[tuple[int, int, float]]:
+    """`minhash.cross_matches(sigs, bench_sigs, ...)` with the banding done by the executor."""
+    n = len(sigs)
+    if n == 0 or len(bench_sigs) == 0:
+        return []
+    pairs = dedup_shards.candidate_pairs(plan, labels, params.bands,
+                                         extra=minhash.band_keys(bench_sigs, params.bands, params.rows))
+    pairs = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]
+    scores = (sigs[pairs[:, 0]] == bench_sigs[pairs[:, 1] - n]).mean(axis=1) if len(pairs) else np.empty(0)
+    keep = scores >= params.threshold
+    return [(int(i), int(j) - n, float(s)) for (i, j), s in zip(pairs[keep], scores[keep])]
+
+
+def run(run_dir: Path, config: DedupConfig, *, force: bool = False, executor: Executor | None = None,
+        shard_rows: int = shards.DEFAULT_SHARD_ROWS) -> store.Manifest:
+    """Run the dedup stage on the pull output of `run_dir`; record kept rows in the version index.
+
+    `executor` runs the per-row work (signatures per row shard, LSH bands, components) here or
+    on a Ray cluster; finished row shards survive a killed run.
+    """
     params = Params.from_config(config)
     pulled = store.finished(run_dir, INPUT_STAGE)
     problems = pulled.read()
@@ -291,14 +336,15 @@ def run(run_dir: Path, config: DedupConfig, *, force: bool = False) -> store.Man
             inputs.update({f"eval:{f}": store.path_hash(Path(f)) for f in files})
     stage_config = {**config.model_dump(mode="json"), "bands": params.bands, "rows": params.rows}
 
-    def compute() -> store.StageResult:
+    def compute(plan: shards.Plan) -> store.StageResult:
         output = dedup(problems, load_eval_sets(config.eval_sets), params, index, ngram=config.ngram,
-                       max_df=config.max_ngram_df)
+                       max_df=config.max_ngram_df, plan=plan)
         # Safe before the manifest: a version never counts as earlier than itself.
         index.add(output.result.kept["id"].to_list(), output.keys, output.signatures)
         return output.result
 
-    manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute, force=force)
+    manifest = shards.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute,
+                                executor=executor, shard_rows=shard_rows, force=force)
     if not index.has_current():  # skipped stage whose index entry was lost: rebuild it
         kept = store.finished(run_dir, STAGE).read()
         texts = kept["problem"].to_list()

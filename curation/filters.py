@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
-from curation import answers, steps, store, verifier
+from curation import answers, minhash, shards, steps, store, verifier
 from curation.config import FilterConfig
-from curation.dedup import trace_clusters
+from curation.dedup import trace_clusters_of
+from curation.execution import Executor
 from curation.judge import Judge
 from curation.teacher.cache import RequestCache
 
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 STAGE = "filter"
 INPUT_STAGES = ("generate", "dedup")
 JUDGE_CACHE = "judge.jsonl"
+CHECKS = "filter.checks"  # the per-trace checks of one row shard, as the executor names the work
+TRACE_SHINGLE, TRACE_PERM = 5, 128  # near-identical traces: MinHash as `dedup.trace_clusters` defaults
 _WORD = re.compile(r"\S+")
 
 
@@ -111,34 +115,60 @@ def first_failure(text: str, finish_reason: str | None, tokens: int, config: Fil
     return None
 
 
-def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: FilterConfig, *,
-                  judge: Judge | None = None) -> store.StageResult:
-    """Split generations into kept traces and rejected ones; compute per-problem pass rates."""
-    started = time.time()
-    frame = generations.join(problems.select(pl.col("id").alias("problem_id"), "problem", "source", "answer", "meta"),
-                             on="problem_id", how="left", maintain_order="left")
-    frame = frame.with_columns(tokens=pl.Series([token_count(t, r) for t, r in
-                                                 frame.select("completion", "completion_tokens").iter_rows()],
-                                                dtype=pl.Int32))
+def check_rows(item: tuple[int, pl.DataFrame], *, config: FilterConfig, workers: int) -> shards.ShardOutput:
+    """One row shard's per-trace checks: tokens, the first failure, the answer, and the survivors' signatures.
+
+    The CPU of the stage (step checker, math-verify in a pool of `workers` processes); what
+    comes after needs all traces at once and runs on the gathered result.
+    """
+    start, frame = item
+    tokens = [token_count(t, r) for t, r in frame.select("completion", "completion_tokens").iter_rows()]
     verdicts: list[tuple[FilterReason, str] | None] = [
-        first_failure(text, finish, tokens, config)
-        for text, finish, tokens in frame.select("completion", "finish_reason", "tokens").iter_rows()]
+        first_failure(text, finish, n, config)
+        for (text, finish), n in zip(frame.select("completion", "finish_reason").iter_rows(), tokens)]
     audit = _check_steps(frame["completion"].to_list(), verdicts) if config.check_steps else {}
     # Only traces that passed the cheaper checks pay for math-verify.
     pending = [i for i, v in enumerate(verdicts) if v is None]
     sub = frame[pending]
     answered, checked = verifier.verify(sub["completion"].to_list(), sub["answer"].to_list(), sub["source"].to_list(),
-                                        sub["meta"].to_list(), deadline_s=config.check_deadline_s)
+                                        sub["meta"].to_list(), deadline_s=config.check_deadline_s, workers=workers)
     for i, ok in zip(pending, answered):
         if ok is None:
             verdicts[i] = FilterReason.UNVERIFIABLE, "no verdict within the deadline"
         elif not ok:
             pred = answers.extract(frame["completion"][i])
             verdicts[i] = FilterReason.WRONG_ANSWER, f"answered {pred!r}, gold {frame['answer'][i]!r}"
-    frame = _with_verdicts(frame, verdicts).with_columns(
+    rows = _with_verdicts(pl.DataFrame({"tokens": pl.Series(tokens, dtype=pl.Int32)}), verdicts).with_columns(
         pred=pl.Series([answers.extract(t) for t in frame["completion"]], dtype=pl.String))
+    alive = [i for i, v in enumerate(verdicts) if v is None]
+    sigs = minhash.signatures(frame["completion"].gather(alive).to_list(), shingle=TRACE_SHINGLE, num_perm=TRACE_PERM)
+    survivors = pl.DataFrame({"row": pl.Series([start + i for i in alive], dtype=pl.Int64),
+                              "sig": pl.Series(sigs, dtype=pl.Array(pl.UInt32, TRACE_PERM))})
+    return shards.ShardOutput(tables={"rows": rows, "survivors": survivors},
+                              counts={**dataclasses.asdict(checked), **audit})
+
+
+def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: FilterConfig, *,
+                  judge: Judge | None = None, plan: shards.Plan | None = None) -> store.StageResult:
+    """Split generations into kept traces and rejected ones; compute per-problem pass rates.
+
+    `plan` says where the per-trace checks run (row shards); by default here, in memory.
+    """
+    started = time.time()
+    plan = plan or shards.in_memory()
+    frame = generations.join(problems.select(pl.col("id").alias("problem_id"), "problem", "source", "answer", "meta"),
+                             on="problem_id", how="left", maintain_order="left")
+    inputs = frame.select("completion", "completion_tokens", "finish_reason", "answer", "source", "meta")
+    items = [(label, (start, inputs.slice(start, stop - start))) for label, (start, stop) in
+             plan.rows("filter", frame.height)]
+    labels = plan.run(check_rows, items, name=CHECKS,
+                      shared={"config": config, "workers": plan.executor.task_cpus})
+    checked = plan.concat(labels, "rows")
+    frame = frame.with_columns(checked["tokens"]).with_columns(checked.select("reject_reason", "reject_detail"))
+    frame = frame.with_columns(checked["pred"])
     pass_rates = _pass_rates(frame, problems)
-    frame = _near_duplicates(frame, config)
+    survivors = plan.concat(labels, "survivors")
+    frame = _near_duplicates(frame, config, survivors)
     if judge is not None:
         frame = _judged(frame, judge)
     frame = _best_of_n(frame, config)
@@ -147,12 +177,15 @@ def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: Fil
                      maintain_order="left")
     rejected = frame.filter(pl.col("reject_reason").is_not_null()).drop("problem")
     rates = pass_rates["pass_rate"].drop_nulls()
+    audit: dict[str, int] = {}
+    for label in labels:
+        for name, count in plan.shards.counts(label).items():
+            audit[name] = audit.get(name, 0) + count
     stats = FilterStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
                         reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
                         problems=pass_rates.height, problems_with_a_trace=kept["problem_id"].n_unique(),
                         mean_pass_rate=round(float(rates.mean()), 4) if len(rates) else 0.0,
-                        pass_rate_histogram=_histogram(rates), audit={**dataclasses.asdict(checked), **audit},
-                        examples=examples(rejected))
+                        pass_rate_histogram=_histogram(rates), audit=audit, examples=examples(rejected))
     return store.StageResult(kept=kept, rejected=rejected, stats=stats, extra={"pass_rates": pass_rates})
 
 
@@ -194,13 +227,18 @@ def _pass_rates(frame: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
                           .then(pl.col("correct") / pl.col("samples")).otherwise(None)))
 
 
-def _near_duplicates(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
-    """Among each problem's surviving traces, drop all but the first of near-identical ones."""
+def _near_duplicates(frame: pl.DataFrame, config: FilterConfig, survivors: pl.DataFrame) -> pl.DataFrame:
+    """Among each problem's surviving traces, drop all but the first of near-identical ones.
+
+    `survivors`: the row and MinHash signature of every trace that passed the checks.
+    """
     alive = frame.with_row_index("row").filter(pl.col("reject_reason").is_null())
     if alive.is_empty():
         return frame
-    reps = trace_clusters(alive["problem_id"].to_list(), alive["completion"].to_list(),
-                          threshold=config.similar_threshold)
+    if survivors["row"].to_list() != alive["row"].to_list():
+        raise RuntimeError(f"filter: {survivors.height} signatures for {alive.height} surviving traces")
+    sigs = np.ascontiguousarray(survivors["sig"].to_numpy()).reshape(-1, TRACE_PERM)
+    reps = trace_clusters_of(alive["problem_id"].to_list(), sigs, threshold=config.similar_threshold)
     verdicts = _verdicts(frame)
     rows, samples = alive["row"].to_list(), alive["sample_idx"].to_list()
     for position, rep in enumerate(reps):
@@ -258,23 +296,25 @@ def _histogram(rates: pl.Series) -> dict[str, int]:
     return buckets
 
 
-def run(run_dir: Path, config: FilterConfig, *, force: bool = False, judge_api_key: str | None = None
-        ) -> store.Manifest:
+def run(run_dir: Path, config: FilterConfig, *, force: bool = False, judge_api_key: str | None = None,
+        executor: Executor | None = None, shard_rows: int = shards.DEFAULT_SHARD_ROWS) -> store.Manifest:
     """Run the filter stage on the generations and problems of `run_dir`.
 
     With `filter.judge`, verdicts are cached in `filter/judge.jsonl` (a killed run resumes
     without asking again) and `judge_api_key` is the judge's key, resolved by the caller.
+    `executor` runs the per-trace checks of each row shard here or on a Ray cluster; finished
+    shards survive a killed run.
     """
     found = {stage: store.finished(run_dir, stage) for stage in INPUT_STAGES}
     inputs = {stage: done.hash() for stage, done in found.items()}
 
-    def compute() -> store.StageResult:
+    def compute(plan: shards.Plan) -> store.StageResult:
         if config.judge is None:
-            return filter_traces(found["generate"].read(), found["dedup"].read(), config)
+            return filter_traces(found["generate"].read(), found["dedup"].read(), config, plan=plan)
         cache = RequestCache(run_dir / STAGE / JUDGE_CACHE)
         try:
             judge = Judge(config.judge, api_key=judge_api_key, cache=cache)
-            return filter_traces(found["generate"].read(), found["dedup"].read(), config, judge=judge)
+            return filter_traces(found["generate"].read(), found["dedup"].read(), config, judge=judge, plan=plan)
         finally:
             cache.close()
 
@@ -284,5 +324,5 @@ def run(run_dir: Path, config: FilterConfig, *, force: bool = False, judge_api_k
     if unjudged and not force:  # not a final verdict: ask the judge again (answered ones come from its cache)
         logger.info("filter: asking the judge again about %d traces it did not answer last time", unjudged)
         force = True
-    return store.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=inputs, force=force,
-                           compute=compute)
+    return shards.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=inputs, compute=compute,
+                            executor=executor, shard_rows=shard_rows, force=force)

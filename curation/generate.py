@@ -2,7 +2,9 @@
 
 A request that still fails after its retries is a rejected row with its error, never an
 exception that loses the batch. Finished samples live in `generate/requests.jsonl`, so a
-killed run resumes without asking the teacher again.
+killed run resumes without asking the teacher again. The problems are asked in row shards:
+in this process, or one Ray task per shard, each with its own teacher client and its own
+cache file `generate/requests-<shard>.jsonl` (every process reads all of them).
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from curation import store
+from curation import shards, store
 from curation.config import TeacherConfig
+from curation.execution import Executor, LocalExecutor
 from curation.teacher import Completion, SamplingParams, Teacher, prompts
 from curation.teacher.cache import RequestCache
 
@@ -26,6 +30,7 @@ logger = logging.getLogger(__name__)
 STAGE = "generate"
 INPUT_STAGE = "dedup"
 CACHE_FILE = "requests.jsonl"
+ASK = "generate.ask"  # one row shard's requests, as the executor names the work
 
 GENERATION_SCHEMA = pl.Schema({
     "problem_id": pl.String, "sample_idx": pl.Int32, "teacher": pl.String, "prompt": pl.String,
@@ -51,6 +56,8 @@ class GenerateStats(store.StageStats):
     requests_sent: int = 0
     completion_tokens: int = 0
     tokens_per_s: float = 0.0
+    # per endpoint URL: requests, successes, failures, times benched (this run's requests)
+    endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def sampling_params(config: TeacherConfig) -> SamplingParams:
@@ -60,7 +67,7 @@ def sampling_params(config: TeacherConfig) -> SamplingParams:
 
 
 def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, api_key: str | None = None,
-                 seed: int = 0) -> Teacher:
+                 seed: int = 0, progress: bool = True) -> Teacher:
     """The configured teacher backend; `api_key` is the resolved key value (never stored or logged)."""
     if config.backend == "openai":
         from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
@@ -70,34 +77,106 @@ def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, api_key: 
         return OpenAITeacher(base_url=config.base_url, model=config.model, api_key=api_key, style=config.style,
                              concurrency=config.concurrency, timeout_s=config.timeout_s,
                              retry=RetryPolicy(max_attempts=config.max_attempts), native_n=config.native_n,
-                             cache=cache, seed=seed)
+                             cache=cache, seed=seed, progress=progress, bench_after=config.bench_after,
+                             bench_s=config.bench_s)
     from curation.teacher.tunix_local import TunixTeacher
     from models import registry
 
-    return TunixTeacher(registry.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed)
+    return TunixTeacher(registry.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed,
+                        progress=progress)
 
 
-def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) -> store.StageResult:
-    """Ask the teacher for n samples of every problem; errors become rejected rows."""
-    started = time.time()
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """How a task in another process builds its own teacher: config, resolved key, seed, cache folder.
+
+    The key travels with the task (Ray's object store), never into logs, stats or manifests.
+    """
+
+    config: TeacherConfig
+    api_key: str | None = field(repr=False)
+    seed: int
+    folder: Path  # generate/: the task appends to requests-<shard>.jsonl and reads every requests*.jsonl
+
+
+def cache_files(folder: Path) -> list[Path]:
+    """Every request cache file of a generate folder: this process's and other processes' shards'."""
+    return sorted(folder.glob("requests*.jsonl"))
+
+
+def _counts(teacher: Teacher) -> tuple[int, dict[str, dict[str, int]]]:
+    endpoint_counts = getattr(teacher, "endpoint_counts", None)
+    return getattr(teacher, "requests_sent", 0), endpoint_counts() if endpoint_counts else {}
+
+
+def ask_teacher(item: tuple[str, pl.DataFrame], *, config: TeacherConfig, teacher: Teacher | None = None,
+                recipe: Recipe | None = None) -> shards.ShardOutput:
+    """One row shard: n samples of each problem, from `teacher`, or a teacher made here from `recipe`."""
+    label, problems = item
+    cache = None
+    if teacher is None:
+        if recipe is None:
+            raise ValueError(f"{ASK}: shard {label} needs a teacher or a recipe to make one")
+        cache = RequestCache(recipe.folder / f"requests-{label}.jsonl", read_also=cache_files(recipe.folder))
+        teacher = make_teacher(config, cache, api_key=recipe.api_key, seed=recipe.seed, progress=False)
+    sent_before, endpoints_before = _counts(teacher)
+    try:
+        frame = generation_rows(problems, teacher, config)
+    finally:
+        if cache is not None:
+            cache.close()
+    sent, endpoints = _counts(teacher)
+    return shards.ShardOutput(tables={"generations": frame}, counts={
+        "requests_sent": sent - sent_before,
+        "endpoints": {url: {k: v - endpoints_before.get(url, {}).get(k, 0) for k, v in c.items()}
+                      for url, c in endpoints.items()}})
+
+
+def generation_rows(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) -> pl.DataFrame:
+    """The generations table of some problems: n rows each, errors included."""
     built = [prompts.build(problem, source) for problem, source in problems.select("problem", "source").iter_rows()]
-    params = sampling_params(config)
-    completions = teacher.generate(built, params)
+    completions = teacher.generate(built, sampling_params(config))
     ids = problems["id"].to_list()
     chat = config.style == "chat" and config.backend == "openai"  # the Tunix teacher always completes text
     shown = [json.dumps(list(p.messages), ensure_ascii=False) if chat else p.text for p in built]
-    frame = pl.DataFrame([_row(c, ids, shown, teacher.name) for c in completions], schema=GENERATION_SCHEMA,
-                         orient="row")
+    return pl.DataFrame([_row(c, ids, shown, teacher.name) for c in completions], schema=GENERATION_SCHEMA,
+                        orient="row")
+
+
+def generate(problems: pl.DataFrame, teacher: Teacher | None, config: TeacherConfig, *,
+             plan: shards.Plan | None = None, recipe: Recipe | None = None) -> store.StageResult:
+    """Ask the teacher for n samples of every problem; errors become rejected rows.
+
+    `teacher` asks in this process; without it, each shard's task makes its own from `recipe`
+    (Ray). `plan` says where the shards run; by default here, in memory.
+    """
+    started = time.time()
+    plan = plan or shards.in_memory()
+    items = [(label, (label, problems.slice(start, stop - start)))
+             for label, (start, stop) in plan.rows("generate", problems.height)]
+    shared: dict[str, Any] = {"config": config, "teacher": teacher} if teacher is not None else \
+        {"config": config, "recipe": recipe}
+    labels = plan.run(ask_teacher, items, name=ASK, shared=shared)
+    frame = plan.concat(labels, "generations")
     kept = frame.filter(pl.col("error").is_null())
     rejected = frame.filter(pl.col("error").is_not_null()).with_columns(
         reject_reason=pl.lit(GenerateReason.TEACHER_ERROR.value), reject_detail=pl.col("error"))
+    # What this run asked for: shards finished by a killed run sent their requests back then.
+    asked = [plan.shards.counts(label) for label in plan.report[ASK].computed]
+    endpoints: dict[str, dict[str, int]] = {}
+    for counts in asked:
+        for url, figures in counts["endpoints"].items():
+            total = endpoints.setdefault(url, dict.fromkeys(figures, 0))
+            for name, value in figures.items():
+                total[name] += value
     elapsed = time.time() - started
     tokens = int(kept["completion_tokens"].fill_null(0).sum())
     stats = GenerateStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
-                          reasons=store.reason_counts(rejected), seconds=round(elapsed, 3), teacher=teacher.name,
+                          reasons=store.reason_counts(rejected), seconds=round(elapsed, 3),
+                          teacher=teacher.name if teacher is not None else config.model,
                           samples_per_problem=config.n, from_cache=int(frame["cached"].sum()),
-                          requests_sent=getattr(teacher, "requests_sent", 0), completion_tokens=tokens,
-                          tokens_per_s=round(tokens / max(elapsed, 1e-9), 1))
+                          requests_sent=sum(c["requests_sent"] for c in asked), completion_tokens=tokens,
+                          tokens_per_s=round(tokens / max(elapsed, 1e-9), 1), endpoints=dict(sorted(endpoints.items())))
     return store.StageResult(kept=kept, rejected=rejected, stats=stats)
 
 
@@ -109,22 +188,38 @@ def _row(c: Completion, ids: list[str], shown: list[str], teacher: str) -> dict[
 
 
 def run(run_dir: Path, config: TeacherConfig, *, seed: int = 0, force: bool = False, api_key: str | None = None,
-        teacher: Teacher | None = None) -> store.Manifest:
+        teacher: Teacher | None = None, executor: Executor | None = None,
+        shard_rows: int = shards.DEFAULT_SHARD_ROWS) -> store.Manifest:
     """Run the generate stage on the dedup output of `run_dir`, resuming from the request cache.
 
     `api_key` is the endpoint's key, resolved by the caller (flows/: a Prefect Secret block or
-    the environment); `teacher` replaces the configured backend (tests).
+    the environment); `teacher` replaces the configured backend (tests; this process only).
+    `executor` asks the shards' problems here or from Ray tasks (each its own client).
     """
     dedup = store.finished(run_dir, INPUT_STAGE)
     problems = dedup.read()
-    stage_config = {**config.model_dump(mode="json", exclude={"concurrency", "timeout_s", "max_attempts"}),
+    # How hard and where to ask changes no sample: neither is part of the stage key.
+    stage_config = {**config.model_dump(mode="json", exclude={"concurrency", "timeout_s", "max_attempts",
+                                                              "bench_after", "bench_s"}),
                     "template": prompts.template_version(), "seed": seed}
     inputs = {INPUT_STAGE: dedup.hash()}
+    executor = executor or LocalExecutor()
+    if config.backend == "tunix":
+        # The embedded model samples one stream over all prompts, batched wide, on this machine's
+        # accelerator: one shard here keeps its samples what they were.
+        executor, shard_rows = LocalExecutor(), max(1, problems.height)
+    elif teacher is not None and not executor.in_process:
+        raise ValueError(f"generate: a teacher object runs in this process only, not on the {executor.name} engine")
+    folder = run_dir / STAGE
 
-    def compute() -> store.StageResult:
-        cache = RequestCache(run_dir / STAGE / CACHE_FILE)
+    def compute(plan: shards.Plan) -> store.StageResult:
+        if not plan.executor.in_process:
+            return generate(problems, None, config, plan=plan,
+                            recipe=Recipe(config=config, api_key=api_key, seed=seed, folder=folder))
+        cache = RequestCache(folder / CACHE_FILE, read_also=cache_files(folder))
         try:
-            return generate(problems, teacher or make_teacher(config, cache, api_key=api_key, seed=seed), config)
+            return generate(problems, teacher or make_teacher(config, cache, api_key=api_key, seed=seed), config,
+                            plan=plan)
         finally:
             cache.close()
 
@@ -133,4 +228,5 @@ def run(run_dir: Path, config: TeacherConfig, *, seed: int = 0, force: bool = Fa
         # Failed samples are not a final answer: ask again (finished ones come from the cache).
         logger.info("generate: retrying %d samples that failed last time", previous.counts["rejected"])
         force = True
-    return store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute, force=force)
+    return shards.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute, executor=executor,
+                            shard_rows=shard_rows, force=force)

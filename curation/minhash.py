@@ -218,7 +218,7 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def _bucket_pairs(order: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+def bucket_pairs(order: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     """Pairs of rows whose keys are equal, given rows sorted by key (vectorized, no Python loop)."""
     n = len(order)
     starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
@@ -246,7 +246,7 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     encoded = []
     for band in range(bands):
         order = np.argsort(keys[:, band], kind="stable")
-        pairs = _bucket_pairs(order, keys[order, band]).astype(np.int64)
+        pairs = bucket_pairs(order, keys[order, band]).astype(np.int64)
         encoded.append(pairs[:, 0] * n + pairs[:, 1])
     unique = np.unique(np.concatenate(encoded)) if encoded else np.empty(0, dtype=np.int64)
     return np.stack([unique // n, unique % n], axis=1) if n else np.empty((0, 2), dtype=np.int64)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from curation import sources, store
-from curation.config import ProceduralSource, PullConfig
+from curation import shards, sources, store
+from curation.config import ProceduralSource, PullConfig, Source
+from curation.execution import Executor
 from curation.schema import RejectReason
 
 logger = logging.getLogger(__name__)
@@ -44,16 +45,21 @@ def screen(problems: pl.DataFrame, max_chars: int) -> tuple[pl.DataFrame, pl.Dat
             marked.filter(pl.col("reject_reason").is_not_null()))
 
 
-def pull(config: PullConfig) -> store.StageResult:
-    """Load all sources; a problem id seen twice is rejected as a duplicate after its first."""
+def load_source(item: tuple[Source, int]) -> shards.ShardOutput:
+    """One source's rows (kept and rejected): the shard of the pull stage."""
+    spec, seed = item
+    kept, rejected = sources.load(spec, seed)
+    return shards.ShardOutput(tables={"kept": kept, "rejected": rejected})
+
+
+def pull(config: PullConfig, plan: shards.Plan | None = None) -> store.StageResult:
+    """Load all sources (one shard each); a problem id seen twice is rejected as a duplicate after its first."""
     started = time.time()
-    kept_parts, rejected_parts = [], []
-    for spec in config.sources:
-        kept, rejected = sources.load(spec, config.seed)
-        kept_parts.append(kept)
-        rejected_parts.append(rejected)
-    kept = pl.concat(kept_parts)
-    rejected = pl.concat(rejected_parts)
+    plan = plan or shards.in_memory()
+    labels = plan.run(load_source, [(f"source-{i:04d}", (spec, config.seed)) for i, spec in enumerate(config.sources)],
+                      name="pull.sources")
+    kept = plan.concat(labels, "kept")
+    rejected = plan.concat(labels, "rejected")
     first = kept["id"].is_first_distinct()
     duplicates = kept.filter(~first).with_columns(
         reject_reason=pl.lit(RejectReason.DUPLICATE_ID.value),
@@ -86,7 +92,12 @@ def input_hashes(config: PullConfig) -> dict[str, str]:
     return inputs
 
 
-def run(run_dir: Path, config: PullConfig, *, force: bool = False) -> store.Manifest:
-    """Run the pull stage into `run_dir/pull`, skipping it when its output is complete."""
-    return store.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=input_hashes(config),
-                           compute=lambda: pull(config), force=force)
+def run(run_dir: Path, config: PullConfig, *, force: bool = False, executor: Executor | None = None,
+        shard_rows: int = shards.DEFAULT_SHARD_ROWS) -> store.Manifest:
+    """Run the pull stage into `run_dir/pull`, skipping it when its output is complete.
+
+    `executor` loads the sources (one shard each) in this process or on a Ray cluster.
+    """
+    return shards.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=input_hashes(config),
+                            compute=lambda plan: pull(config, plan), executor=executor, shard_rows=shard_rows,
+                            force=force)

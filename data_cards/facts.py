@@ -42,6 +42,17 @@ def scrub(value: Any, run_dir: Path) -> Any:
     return re.sub(r"(?<![\w~<.])/(?:[\w.-]+/)+", "…/", text)  # any other absolute directory
 
 
+def endpoint_summary(endpoints: dict[str, dict[str, int]]) -> str | None:
+    """One line over the teacher's endpoints (generate stats), e.g. `URL: 40 requests, 38 answered, ...`."""
+    if not endpoints:
+        return None
+    parts = []
+    for url, n in sorted(endpoints.items()):
+        benched = f", benched {n['benched']}x" if n.get("benched") else ""
+        parts.append(f"{url}: {n['requests']} requests, {n['successes']} answered, {n['failures']} failed{benched}")
+    return "; ".join(parts)
+
+
 def _stats(run_dir: Path, stage: str) -> dict[str, Any]:
     return json.loads((run_dir / stage / store.STATS).read_text())
 
@@ -82,6 +93,7 @@ def gather(run_dir: Path) -> dict[str, Any]:
                        "rejected": stats["rejected"], "reasons": stats["reasons"]})
     dedup = _stats(run_dir, "dedup")
     generate = manifests["generate"].config
+    endpoints = endpoint_summary(_stats(run_dir, "generate").get("endpoints", {}))
     config_text = curation_config(run_dir)
     return scrub({
         "dataset": run_dir.resolve().parent.name,
@@ -96,7 +108,8 @@ def gather(run_dir: Path) -> dict[str, Any]:
         "teacher": {key: generate.get(key) for key in ("backend", "model", "style", "n", "temperature", "top_p",
                                                       "max_new_tokens")}
                    | {"template_version": generate.get("template"), "system_prompt": prompts.SYSTEM,
-                      "tokens_per_s": _stats(run_dir, "generate").get("tokens_per_s")},
+                      "tokens_per_s": _stats(run_dir, "generate").get("tokens_per_s")}
+                   | ({"endpoints": endpoints} if endpoints else {}),
         "filter": _stats(run_dir, "filter"),
         "build": _stats(run_dir, "build"),
         "stage_hashes": {stage: m.outputs for stage, m in manifests.items()},

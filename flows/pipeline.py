@@ -94,12 +94,25 @@ def _release_leaked_slot(name: str, run_dir: Path) -> None:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
+@contextlib.contextmanager
+def _shard_executor(stage: str, config: Config) -> Iterator[Any]:
+    """prefect-ray for a sharded stage on `execution.engine=ray` (a task run per shard); else None."""
+    if stage not in stages.SHARDED or config.execution.engine != "ray":
+        yield None
+        return
+    from flows import ray_shards
+
+    with ray_shards.executor(config.execution.address) as executor:
+        yield executor
+
+
 @task(name="stage", task_run_name="{stage}")
 def stage_task(stage: str, run_dir: str, config: Config, force: bool = False, wait: bool = False,
                lock_owner: str | None = None) -> dict[str, Any]:
     """Run one stage; return its manifest key, counts and whether it was skipped."""
-    outcome = stages.run(stage, Path(run_dir), config, force=force, wait=wait, flow_run_id=runtime.flow_run.id,
-                         inherit_from=lock_owner)
+    with _shard_executor(stage, config) as executor:
+        outcome = stages.run(stage, Path(run_dir), config, force=force, wait=wait, flow_run_id=runtime.flow_run.id,
+                             inherit_from=lock_owner, executor=executor)
     manifest = outcome.manifest
     logger = get_run_logger()
     if outcome.skipped:

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from curation import runlock, store
 from curation.config import Config
+from curation.execution import Executor
 
 STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
 CURATION = STAGES[:6]
+SHARDED = STAGES[:4]  # their per-row work runs where `execution.*` says
 TRAINING = STAGES[6:]
 CONFIG_FILE = "config.yaml"
 STAGE_HELP = {
@@ -30,31 +33,39 @@ STAGE_HELP = {
 }
 
 
-def _pull(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _execution(config: Config, executor: Executor | None) -> dict[str, Any]:
+    """Where a curation stage's per-row work runs (`execution.*`, or the caller's executor): never in its key."""
+    from curation.execution import make_executor
+
+    return {"executor": executor or make_executor(config.execution), "shard_rows": config.execution.shard_rows}
+
+
+def _pull(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
     from curation import pull
 
-    return pull.run(run_dir, config.pull_stage(), force=force)
+    return pull.run(run_dir, config.pull_stage(), force=force, **_execution(config, executor))
 
 
-def _dedup(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _dedup(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
     from curation import dedup
 
-    return dedup.run(run_dir, config.dedup, force=force)
+    return dedup.run(run_dir, config.dedup, force=force, **_execution(config, executor))
 
 
-def _generate(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _generate(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
     from curation import generate
     from flows.secrets import teacher_api_key
 
     return generate.run(run_dir, config.teacher, seed=config.seed, force=force,
-                        api_key=teacher_api_key(config.teacher))
+                        api_key=teacher_api_key(config.teacher), **_execution(config, executor))
 
 
-def _filter(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _filter(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
     from curation import filters
     from flows.secrets import judge_api_key
 
-    return filters.run(run_dir, config.filter, force=force, judge_api_key=judge_api_key(config.filter.judge))
+    return filters.run(run_dir, config.filter, force=force, judge_api_key=judge_api_key(config.filter.judge),
+                       **_execution(config, executor))
 
 
 def _build(run_dir: Path, config: Config, force: bool) -> store.Manifest:
@@ -87,7 +98,7 @@ def _eval(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     return evaluate.run(run_dir, config, force=force)
 
 
-RUNNERS: dict[str, Callable[[Path, Config, bool], store.Manifest]] = {
+RUNNERS: dict[str, Callable[..., store.Manifest]] = {
     "pull": _pull, "dedup": _dedup, "generate": _generate, "filter": _filter, "build": _build, "cards": _cards,
     "sft": _sft, "grpo": _grpo, "eval": _eval}
 
@@ -112,16 +123,19 @@ class Outcome:
 
 
 def run(stage: str, run_dir: Path, config: Config, *, force: bool = False, wait: bool = False,
-        flow_run_id: str | None = None, inherit_from: str | None = None) -> Outcome:
+        flow_run_id: str | None = None, inherit_from: str | None = None, executor: Executor | None = None
+        ) -> Outcome:
     """Run one stage on `run_dir` under the dataset folder's lock; skipped when its output is complete.
 
     `wait`: wait for another writer of the folder instead of failing; `flow_run_id` names the
     Prefect flow run in the lock; `inherit_from` lets a stage handed off by that flow run run
-    under its lock (see `curation.runlock.hold`).
+    under its lock (see `curation.runlock.hold`). `executor` runs a sharded stage's work
+    instead of the one `execution.*` configures (the flows: prefect-ray).
     """
     with runlock.hold(run_dir, f"stage {stage}", flow_run_id=flow_run_id, wait=wait, inherit_from=inherit_from):
         write_config(run_dir, config)
         before = store.Manifest.read(run_dir / stage / store.MANIFEST)
-        manifest = RUNNERS[stage](run_dir, config, force)
+        runner = RUNNERS[stage]
+        manifest = runner(run_dir, config, force, executor) if stage in SHARDED else runner(run_dir, config, force)
     # A stage that recomputes writes a new manifest; the same one back means nothing ran.
     return Outcome(stage=stage, manifest=manifest, skipped=before == manifest)

@@ -149,6 +149,12 @@ def test_card_has_examples_hashes_teacher_and_reproduce_command(built_run):
     assert card["commands"][0] == "distillery pull --run runs/arith/v1 --config config.yaml"
     text = (built_run / "cards" / "sft" / "README.md").read_text()
     assert "not** decontaminated" in text  # no eval sets configured: the card must say so
+    # the one endpoint's record, from the generate stats: 40 problems x 2 samples, one request each (no native n)
+    endpoints = json.loads((built_run / "generate" / "stats.json").read_text())["endpoints"]
+    (url, counts), = endpoints.items()
+    assert counts == {"requests": 80, "successes": 80, "failures": 0, "benched": 0}
+    assert card["facts"]["teacher"]["endpoints"].endswith(": 80 requests, 80 answered, 0 failed")
+    assert "| endpoints | http://127.0.0.1:" in text and ": 80 requests, 80 answered, 0 failed |" in text
 
 
 @pytest.mark.parametrize("which", ["sft", "grpo"])

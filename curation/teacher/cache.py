@@ -2,6 +2,8 @@
 
 One JSON line per finished sample, flushed as it lands: a process killed at any point
 loses at most the line being written, which is skipped (and logged) on the next load.
+Processes that ask at the same time (Ray tasks) each append to a file of their own and read
+the others' (`read_also`): a key names the request, never the process or endpoint that made it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +32,29 @@ def request_key(model: str, prompt: Any, params: dict[str, Any], sample_idx: int
 
 
 class RequestCache:
-    """Finished samples by request key, backed by a JSONL file."""
+    """Finished samples by request key, backed by a JSONL file (and read from `read_also`, never written)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, read_also: Sequence[Path] = ()):
         self.path = path
         self._entries: dict[str, dict[str, Any]] = {}
+        for other in read_also:
+            if other != path and other.is_file():
+                self._load(other, torn=logging.DEBUG)  # another process may be mid-line right now
         if path.is_file():
-            with path.open(encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    try:
-                        entry = json.loads(line)
-                        self._entries[entry["key"]] = entry
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        logger.warning("%s:%d: skipping a torn cache line (a killed run)", path, number)
+            self._load(path, torn=logging.WARNING)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = path.open("a", encoding="utf-8")
         if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
             self._handle.write("\n")  # end a torn line so the next entry starts clean
+
+    def _load(self, path: Path, *, torn: int) -> None:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    entry = json.loads(line)
+                    self._entries[entry["key"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    logger.log(torn, "%s:%d: skipping a torn cache line (a killed run)", path, number)
 
     def __len__(self) -> int:
         return len(self._entries)

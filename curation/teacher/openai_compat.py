@@ -4,7 +4,8 @@ The SDK's own retries are off (`max_retries=0`): this module's policy is the onl
 visible and counted. It retries 429, 5xx, timeouts, connection errors and malformed
 responses with exponential backoff and full jitter, waiting at least what `Retry-After`
 asks. Every finished sample goes to the request cache at once, so a killed run resumes
-without asking again, and an identical re-run asks nothing.
+without asking again, and an identical re-run asks nothing. With several endpoints, each
+attempt goes to the one with the fewest requests in flight (`endpoints.Endpoints`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import openai
 
 from curation.teacher import Completion, Prompt, SamplingParams, close_answer
 from curation.teacher.cache import Ledger, RequestCache
+from curation.teacher.endpoints import Endpoints
 from curation.teacher.prompts import COMPLETION_STOPS
 
 logger = logging.getLogger(__name__)
@@ -69,12 +71,13 @@ def _retryable(error: Exception) -> bool:
 class OpenAITeacher:
     """`Teacher` over an OpenAI-compatible server, with bounded concurrency and a request cache."""
 
-    def __init__(self, *, base_url: str, model: str, api_key: str | None, style: Style = "chat",
+    def __init__(self, *, base_url: str | list[str], model: str, api_key: str | None, style: Style = "chat",
                  concurrency: int = 8, timeout_s: float = 60.0, retry: RetryPolicy = RetryPolicy(),
                  native_n: bool = True, cache: RequestCache | None = None, seed: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, bench_after: int = 3, bench_s: float = 30.0):
         self.name = model
-        self.base_url = base_url
+        self.endpoints = Endpoints([base_url] if isinstance(base_url, str) else list(base_url),
+                                   bench_after=bench_after, bench_s=bench_s)
         self.api_key = api_key or "not-set"  # local servers need none; the SDK needs a string
         self.style = style
         self.concurrency = concurrency
@@ -85,6 +88,10 @@ class OpenAITeacher:
         self.progress = progress
         self._rng = random.Random(seed)
         self.requests_sent = 0  # HTTP requests, retries included: what a resumed run must not repeat
+
+    def endpoint_counts(self) -> dict[str, dict[str, int]]:
+        """Requests, successes, failures and benchings per endpoint URL, since this teacher was made."""
+        return self.endpoints.counts()
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """n completions per prompt; failures become Completion rows with `error` set."""
@@ -101,8 +108,8 @@ class OpenAITeacher:
                 "stop": list(self._stops(params)), "style": self.style}
 
     async def _generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s,
-                                    max_retries=0)
+        clients = {e.url: openai.AsyncOpenAI(base_url=e.url, api_key=self.api_key, timeout=self.timeout_s,
+                                             max_retries=0) for e in self.endpoints.all}
         semaphore = asyncio.Semaphore(self.concurrency)
         ledger = Ledger(self.cache, self.name, [self._prompt_payload(p) for p in prompts], self._params_payload(params),
                         params.n, progress=self.progress)
@@ -113,7 +120,7 @@ class OpenAITeacher:
 
         async def run(p: int, samples: list[int]) -> None:
             async with semaphore:
-                done = await self._ask(client, prompts[p], p, samples, params)
+                done = await self._ask(clients, prompts[p], p, samples, params)
             # A server that ignores `n` returns fewer choices: ask for the rest one by one.
             short = [s for s in samples if s not in done]
             if short:
@@ -125,19 +132,22 @@ class OpenAITeacher:
         try:
             await asyncio.gather(*(run(p, samples) for p, samples in jobs))
         finally:
-            await client.close()
+            for client in clients.values():
+                await client.close()
         return ledger.completions()
 
-    async def _ask(self, client: openai.AsyncOpenAI, prompt: Prompt, p: int, samples: list[int],
+    async def _ask(self, clients: dict[str, openai.AsyncOpenAI], prompt: Prompt, p: int, samples: list[int],
                    params: SamplingParams) -> dict[int, Completion]:
-        """One request for len(samples) choices, retried by the policy; errors become rows."""
+        """One request for len(samples) choices, retried by the policy (each try on the freest endpoint)."""
         started = time.perf_counter()
         last_error = ""
         for attempt in range(self.retry.max_attempts):
             self.requests_sent += 1
+            endpoint = self.endpoints.pick()
             try:
-                choices, usage = await self._request(client, prompt, len(samples), params)
+                choices, usage = await self._request(clients[endpoint.url], prompt, len(samples), params)
             except Exception as error:  # noqa: BLE001 - classified below; nothing escapes as a crash
+                self.endpoints.done(endpoint, ok=False, endpoint_fault=_retryable(error))
                 last_error = f"{type(error).__name__}: {_describe(error)}"
                 if not _retryable(error) or attempt == self.retry.max_attempts - 1:
                     break
@@ -145,6 +155,7 @@ class OpenAITeacher:
                 logger.debug("retrying in %.2f s after %s", wait, last_error)
                 await asyncio.sleep(wait)
                 continue
+            self.endpoints.done(endpoint, ok=True)
             latency = time.perf_counter() - started
             per_choice = usage[1] if len(choices) == 1 else None  # usage is summed over choices
             return {s: Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=reason,

@@ -41,6 +41,12 @@ def test_config_file_overrides_the_profile(tmp_path):
         (["teacher.nn=3"], "teacher.nn: Extra inputs"),
         (["no_equals_sign"], "expected key=value"),
         (["sources=[{kind: ftp}]"], "sources.0"),
+        (["teacher.base_url=[]"], "teacher.base_url: .*empty list"),
+        (["teacher.base_url=[http://a:1/v1, ftp://b/v1]"], "teacher.base_url must be an http.*got 'ftp://b/v1'"),
+        (["teacher.base_url=[http://a:1/v1, http://a:1/v1]"], "lists 'http://a:1/v1' more than once"),
+        (["execution.engine=dask"], "execution.engine: .*'local' or 'ray'.*got 'dask'"),
+        (["execution.address=headnode"], "execution.address must be .*got 'headnode'"),
+        (["execution.shard_rows=0"], "execution.shard_rows: .*greater than or equal to 1 .*got 0"),
     ],
 )
 def test_bad_values_are_named(sets, message):
@@ -53,3 +59,13 @@ def test_unknown_profile_and_missing_file_are_named(tmp_path):
         load_config("gpu")
     with pytest.raises(ConfigError, match="config file not found: .*absent.yaml"):
         load_config("cpu-smoke", tmp_path / "absent.yaml")
+
+
+def test_teacher_endpoints_and_execution_engine_are_configurable():
+    config = load_config("cpu-smoke", sets=["teacher.base_url=[http://a:8000/v1, http://b:8000/v1]",
+                                            "execution.engine=ray", "execution.address=ray://head:10001",
+                                            "execution.shard_rows=1000"])
+    assert config.teacher.base_urls() == ["http://a:8000/v1", "http://b:8000/v1"]
+    assert (config.execution.engine, config.execution.address, config.execution.shard_rows) == \
+        ("ray", "ray://head:10001", 1000)
+    assert load_config("cpu-smoke").execution.engine == "local"  # `make run` needs no Ray

@@ -40,8 +40,12 @@ class FakeOpenAI:
     """The server; use as a context manager. `base_url` is what a client needs."""
 
     def __init__(self, *, faults: FaultPlan = no_faults, latency_s: float = 0.0, supports_n: bool = True,
-                 stall_s: float = 8.0, answer: Callable[[str], str] | None = None):
+                 stall_s: float = 8.0, answer: Callable[[str], str] | None = None, die_after: int | None = None):
         self.faults = faults
+        # After this many answers the server "dies": every later request has its connection closed
+        # unanswered, as a crashed replica's would be.
+        self.die_after = die_after
+        self.answered: collections.Counter[str] = collections.Counter()  # 200s sent, per prompt
         self.latency_s = latency_s
         self.supports_n = supports_n
         self.stall_s = stall_s
@@ -57,6 +61,11 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @property
+    def dead(self) -> bool:
+        """Whether the server has stopped answering (`die_after` answers sent)."""
+        return self.die_after is not None and sum(self.answered.values()) >= self.die_after
 
     def __enter__(self) -> FakeOpenAI:
         self._thread.start()
@@ -91,6 +100,9 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = json.dumps(request.get("messages") or request.get("prompt"), sort_keys=True)
                 key = hashlib.sha256(prompt.encode()).hexdigest()
+                if fake.dead:
+                    self.close_connection = True  # no response at all: the client sees a dropped connection
+                    return
                 with fake._lock:
                     fake.requests += 1
                     fake.authorizations.add(self.headers.get("Authorization"))
@@ -116,6 +128,11 @@ class FakeOpenAI:
                      **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})}
                     for i in range(n)
                 ]
+                with fake._lock:
+                    if fake.dead:
+                        self.close_connection = True
+                        return
+                    fake.answered[key] += 1
                 body = {"id": f"cmpl-{key[:8]}", "object": "chat.completion" if chat else "text_completion",
                         "created": 0, "model": request["model"], "choices": choices,
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}}
