@@ -74,7 +74,8 @@ def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, api_key: 
     from curation.teacher.tunix_local import TunixTeacher
     from models import registry
 
-    return TunixTeacher(registry.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed)
+    return TunixTeacher(registry.load(config.model, seed=seed, revision=config.revision), batch_size=config.concurrency,
+                        cache=cache, seed=seed)
 
 
 def generate(problems: pl.DataFrame, teacher: Teacher, config: TeacherConfig) -> store.StageResult:

@@ -120,10 +120,12 @@ def raw_config(folder: Path) -> dict[str, Any]:
 
 
 def transformers_module():
-    """transformers, imported without its advice that PyTorch is absent (only config classes are used)."""
+    """transformers for its config classes, quiet: no advice that PyTorch is absent (it is not needed here),
+    no warning about the flat keys 5.12 itself adds to Gemma 3's per-layer `rope_parameters`."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import transformers
 
+    transformers.utils.logging.set_verbosity_error()
     return transformers
 
 

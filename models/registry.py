@@ -263,3 +263,29 @@ def _load_converted(name: str, folder: Path, mesh: Any, dtype: str) -> LoadedMod
     stops = (tokenizer.eos_id(), tokenizer.piece_to_id(template.end_of_turn))
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, config=config, source=str(folder.name),
                        folder=folder, hub_id=HUB_IDS.get(name), chat=template, stop_ids=stops, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def chat_template(name: str, *, revision: str | None = None) -> ChatTemplate:
+    """A model's chat template without loading its weights: its own, else Gemma 3's turns for Gemma models.
+
+    Only the tokenizer and config files of a Hub id are fetched. ChatTemplateError when a
+    non-Gemma model has no template (a base model: use its instruct sibling).
+    """
+    if name in (EMBEDDED, TINY) or (Path(name).is_dir() and _converted_gguf(Path(name))):
+        return chat.gemma()
+    folder = hf.resolve(name, revision=revision, allow_patterns=hf.TOKENIZER_FILES).folder
+    found = chat.from_folder(folder, tokenizers.special_tokens(folder))
+    if found is not None:
+        return found
+    if hf.family(hf.raw_config(folder)) == "gemma3":
+        return chat.gemma(tokenizers.special_tokens(folder).get("bos_token", "<bos>"))
+    raise chat.ChatTemplateError(f"{name}: no chat template (chat_template.jinja or tokenizer_config.json's "
+                                 f"chat_template); the student needs one, e.g. its instruct model")
+
+
+def identity(name: str, *, revision: str | None = None) -> str:
+    """What a stage key records for a model: a Hub id with the commit it resolves to (`org/name@<commit>`), else the name."""
+    if name in (EMBEDDED, TINY) or not hf.is_hub_id(name):
+        return name
+    return f"{name}@{hf.resolve(name, revision=revision, allow_patterns=hf.TOKENIZER_FILES).revision}"
