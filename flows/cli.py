@@ -7,6 +7,7 @@ profile, a YAML config file and `--set key=value` overrides (DESIGN.md "Interfac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -129,7 +130,9 @@ def _deploy_training(args: argparse.Namespace) -> int:
     """`distillery deploy-training --pool POOL`: sft/grpo/eval deployments on that pool, one name a line."""
     from flows import deployments
 
-    for name in deployments.deploy_training(args.pool, name=args.name, source=args.source or deployments.SOURCE):
+    with contextlib.redirect_stdout(sys.stderr):  # Prefect's tables: stdout is the names, one a line
+        names = deployments.deploy_training(args.pool, name=args.name, source=args.source or deployments.SOURCE)
+    for name in names:
         print(name)
     return 0
 

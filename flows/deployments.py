@@ -119,6 +119,7 @@ def deploy_training(pool: str, *, name: str = TRAINING_DEPLOYMENT, source: Path 
     for stage in stages.TRAINING:
         remote = Flow.from_source(source=str(source), entrypoint=f"flows/pipeline.py:{stage}_flow")
         remote.deploy(name=name, work_pool_name=pool, build=False, push=False, print_next_steps=False,
+                      ignore_warnings=True,
                       description=f"the {stage} stage on the {pool} pool, handed off by curate-and-train",
                       tags=["training", pool])
         names.append(f"{stage}/{name}")
