@@ -121,6 +121,10 @@ def run(run_dir: Path, config: TeacherConfig, *, seed: int = 0, force: bool = Fa
     stage_config = {**config.model_dump(mode="json", exclude={"concurrency", "timeout_s", "max_attempts"}),
                     "template": prompts.template_version(), "seed": seed}
     inputs = {INPUT_STAGE: dedup.hash()}
+    if config.backend == "tunix" and teacher is None:  # a Hub teacher: the commit its revision resolves to
+        from models import registry
+
+        inputs["teacher"] = registry.identity(config.model, revision=config.revision)
 
     def compute() -> store.StageResult:
         cache = RequestCache(run_dir / STAGE / CACHE_FILE)

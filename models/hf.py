@@ -100,6 +100,9 @@ def resolve(name: str, *, revision: str | None = None, allow_patterns: tuple[str
         why = "HF_HUB_OFFLINE is set" if _offline() else f"the Hub cannot be reached ({type(err).__name__})"
         raise ModelNotFoundError(f"model {name!r} (revision {revision or 'main'}) is not in the Hugging Face cache "
                                  f"and {why}; download it first: {download_command(name, revision)}") from None
+    if allow_patterns is None and not any(folder.glob("*.safetensors")):  # offline, only a chat template fetched
+        raise ModelNotFoundError(f"model {name!r} is only partly in the Hugging Face cache (no weights); download "
+                                 f"it first: {download_command(name, revision)}")
     # snapshot_download returns .../models--org--name/snapshots/<commit>
     return Snapshot(folder=folder, hub_id=name, revision=folder.name)
 

@@ -187,3 +187,28 @@ def test_families_the_fast_loop_does_not_run_fall_back_with_one_log_line(loaded,
 def test_builtin_gemma_turns_are_the_classic_student_prompt():
     assert chat.gemma().prompt("Solve it.") == "<start_of_turn>user\nSolve it.<end_of_turn>\n<start_of_turn>model\n"
     assert chat.gemma().end_of_turn == "<end_of_turn>"
+
+
+def test_a_model_whose_weights_were_never_fetched_names_the_download_command(tmp_path, monkeypatch):
+    """The build stage fetches only tokenizer files; training offline on such a cache says what is missing."""
+    folder = hf_models.install(tmp_path, "test-org/half", "qwen2")
+    (folder / "model.safetensors").unlink()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert registry.chat_template("test-org/half").end_of_turn == "<|im_end|>"  # tokenizer files suffice here
+    with pytest.raises(hf.ModelNotFoundError, match=r"only partly in the Hugging Face cache .*hf download test-org/half"):
+        registry.load("test-org/half")
+
+
+def test_a_hub_teacher_writes_traces_through_the_sampler_fallback(loaded, hub):
+    """teacher.backend=tunix with a Hub id: the same Teacher protocol, decoded by Tunix's Sampler for Qwen."""
+    from curation import generate
+    from curation.config import TeacherConfig
+    from curation.teacher import SamplingParams, prompts
+
+    teacher = generate.make_teacher(TeacherConfig(backend="tunix", model="test-org/tiny-qwen2", concurrency=4), None)
+    assert isinstance(teacher.decoder, sampling.SamplerDecoder)
+    built = [prompts.build(f"What is {i} + 2?", "procedural/basic_arithmetic") for i in range(3)]
+    out = teacher.generate(built, SamplingParams(n=2, max_new_tokens=6))
+    assert [(c.prompt_idx, c.sample_idx) for c in out] == [(p, s) for p in range(3) for s in range(2)]
+    assert all(c.error is None and 1 <= c.completion_tokens <= 6 for c in out)
