@@ -21,6 +21,8 @@ import polars as pl
 from curation import store
 from curation.config import BuildConfig
 from curation.teacher.prompts import SYSTEM
+from models import registry
+from models.chat import ChatTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -30,28 +32,18 @@ PASS_RATES = "pass_rates.parquet"  # the filter stage's per-problem pass rates
 SFT = "sft.parquet"  # the SFT set; the GRPO set is the stage's data.parquet
 HF_DIR = "hf"
 
-# Student chat templates, by model family: (turn before the prompt, turn before the answer, end of turn).
-TEMPLATES = {
-    "gemma": ("<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>"),
-    "qwen": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"),
-    "llama": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant"
-              "<|end_header_id|>\n\n", "<|eot_id|>"),
-}
+
+def chat_template(model: str, revision: str | None = None) -> ChatTemplate:
+    """The student's chat template: its own (tokenizer_config.json), or Gemma 3's turns for the embedded model."""
+    return registry.chat_template(model, revision=revision)
 
 
-def family(model: str) -> str:
-    """The chat-template family of a student model name; LookupError names the known ones."""
-    name = model.lower()
-    for key in TEMPLATES:
-        if key in name:
-            return key
-    raise LookupError(f"no chat template for student {model!r}; known families: {', '.join(TEMPLATES)}")
+def student_prompt(problem: str, model: str, *, revision: str | None = None) -> str:
+    """The prompt the student sees: instructions and problem in one user turn, in its chat template, no BOS.
 
-
-def student_prompt(problem: str, model: str) -> str:
-    """The prompt the student sees: instructions and problem in one user turn (Gemma has no system role)."""
-    user, assistant, _ = TEMPLATES[family(model)]
-    return f"{user}{SYSTEM}\n\n{problem}{assistant}"
+    One user turn, no system message: Gemma has no system role.
+    """
+    return chat_template(model, revision).prompt(f"{SYSTEM}\n\n{problem}")
 
 
 def split_of(problem_id: str, seed: int, val_fraction: float) -> str:
@@ -74,14 +66,15 @@ class BuildStats(store.StageStats):
 
     sft_rows: dict[str, int] = field(default_factory=dict)
     grpo_rows: dict[str, int] = field(default_factory=dict)
-    student_template: str = ""
+    student_template: str = ""  # where the student's chat template came from
 
 
 def build(problems: pl.DataFrame, traces: pl.DataFrame, pass_rates: pl.DataFrame, config: BuildConfig,
-          *, student: str, seed: int) -> store.StageResult:
+          *, student: str, seed: int, revision: str | None = None) -> store.StageResult:
     """The SFT rows (all kept traces) and the GRPO prompt set (problems with something to learn)."""
     started = time.time()
-    end = TEMPLATES[family(student)][2]
+    template = chat_template(student, revision)
+    end = template.end_of_turn  # the completion ends the turn: the student learns to stop there
     split = pl.col("problem_id").map_elements(lambda i: split_of(i, seed, config.val_fraction), return_dtype=pl.String)
     # `meta` travels on: the GRPO reward and eval need a procedural problem's generator entry.
     facts = problems.select(pl.col("id").alias("problem_id"), "problem", "source", pl.col("answer").alias("gold"),
@@ -89,7 +82,7 @@ def build(problems: pl.DataFrame, traces: pl.DataFrame, pass_rates: pl.DataFrame
     sft = (traces.select("problem_id", "sample_idx", "completion", "tokens", "pass_rate")
            .join(facts, on="problem_id", how="left", maintain_order="left")
            .with_columns(split=split,
-                         prompt=pl.col("problem").map_elements(lambda p: student_prompt(p, student),
+                         prompt=pl.col("problem").map_elements(lambda p: student_prompt(p, student, revision=revision),
                                                                return_dtype=pl.String),
                          messages=pl.struct("problem", "completion").map_elements(
                              lambda r: [{"role": "user", "content": f"{SYSTEM}\n\n{r['problem']}"},
@@ -101,7 +94,7 @@ def build(problems: pl.DataFrame, traces: pl.DataFrame, pass_rates: pl.DataFrame
     grpo = (facts.join(pass_rates.select("problem_id", "pass_rate"), on="problem_id", how="left",
                        maintain_order="left")
             .with_columns(split=split, difficulty=1.0 - pl.col("pass_rate"),
-                          prompt=pl.col("problem").map_elements(lambda p: student_prompt(p, student),
+                          prompt=pl.col("problem").map_elements(lambda p: student_prompt(p, student, revision=revision),
                                                                 return_dtype=pl.String)))
     unsampled = pl.when(pl.col("pass_rate").is_null()).then(pl.lit(BuildReason.NO_TEACHER_SAMPLES.value))
     reason = (unsampled.when(pl.col("pass_rate") >= 1.0).then(pl.lit(BuildReason.ZERO_ADVANTAGE_ALL_SOLVED.value))
@@ -115,7 +108,7 @@ def build(problems: pl.DataFrame, traces: pl.DataFrame, pass_rates: pl.DataFrame
         .otherwise(pl.format("teacher pass rate {}", pl.col("pass_rate"))))
     stats = BuildStats(rows_in=grpo.height, kept=kept.height, rejected=rejected.height,
                        reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
-                       sft_rows=_split_counts(sft), grpo_rows=_split_counts(kept), student_template=family(student))
+                       sft_rows=_split_counts(sft), grpo_rows=_split_counts(kept), student_template=template.source)
     return store.StageResult(kept=kept, rejected=rejected, stats=stats, extra={"sft": sft})
 
 
@@ -140,14 +133,18 @@ def save_hf(run_dir: Path, key: str) -> None:
     store.atomic_write_bytes(marker, key.encode())
 
 
-def run(run_dir: Path, config: BuildConfig, *, student: str, seed: int, force: bool = False) -> store.Manifest:
+def run(run_dir: Path, config: BuildConfig, *, student: str, seed: int, revision: str | None = None,
+        force: bool = False) -> store.Manifest:
     """Run the build stage on the dedup and filter outputs of `run_dir`."""
     dedup, filtered = (store.finished(run_dir, stage) for stage in INPUT_STAGES)
-    inputs = {"dedup": dedup.hash(), "filter": filtered.hash(), "pass_rates": filtered.hash(PASS_RATES)}
+    # The template's own hash: a new revision of the student with another template rebuilds the sets.
+    inputs = {"dedup": dedup.hash(), "filter": filtered.hash(), "pass_rates": filtered.hash(PASS_RATES),
+              "chat_template": chat_template(student, revision).digest}
     stage_config = {**config.model_dump(mode="json"), "student": student, "seed": seed}
 
     def compute() -> store.StageResult:
-        return build(dedup.read(), filtered.read(), filtered.read(PASS_RATES), config, student=student, seed=seed)
+        return build(dedup.read(), filtered.read(), filtered.read(PASS_RATES), config, student=student, seed=seed,
+                     revision=revision)
 
     manifest = store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force, compute=compute)
     save_hf(run_dir, manifest.key)

@@ -68,7 +68,9 @@ class TeacherConfig(_Strict):
     # One endpoint, or several serving the same model (vLLM replicas, providers): each request goes
     # to the one with the fewest requests in flight (curation.teacher.endpoints).
     base_url: str | list[str] | None = None
+    # openai: the served model's name; tunix: a registry name, a Hub id or a local Hugging Face folder
     model: str = "gemma3-270m"
+    revision: str | None = None  # tunix backend, Hub ids: a branch, tag or commit (None: main)
     api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
     api_key_block: str | None = None  # or the name of a Prefect Secret block holding the key (it wins)
     n: int = Field(default=4, ge=1)
@@ -156,9 +158,11 @@ class BuildConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    """The model being trained."""
+    """The model being trained: a registry name, a Hub id (`Qwen/Qwen2.5-Math-1.5B`) or a local HF folder."""
 
     model: str = "gemma3-270m"
+    revision: str | None = None  # Hub ids: a branch, tag or commit hash (None: main); the commit is recorded
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights as loaded, trained and exported
 
 
 class LoraConfig(_Strict):
@@ -166,8 +170,9 @@ class LoraConfig(_Strict):
 
     rank: int = Field(default=16, ge=1)
     alpha: float = Field(default=32.0, gt=0)
-    # qwix module-path regex: Tunix Gemma 3's attention (q/kv/out einsums) and MLP projections
-    targets: str = ".*(q_einsum|kv_einsum|attn_vec_einsum|gate_proj|up_proj|down_proj)"
+    # qwix module-path regex: the attention and MLP projections of every Tunix family (Gemma 3's
+    # q/kv/out einsums; Qwen's and Llama's q/k/v/o projections), never the embedding or the head
+    targets: str = ".*(q_einsum|kv_einsum|attn_vec_einsum|q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 class MeshConfig(_Strict):
@@ -175,6 +180,8 @@ class MeshConfig(_Strict):
 
     fsdp: int | None = Field(default=None, ge=1)  # None: every device on fsdp
     tp: int = Field(default=1, ge=1)
+    # A TPU pod: one process per host, jax.distributed.initialize() before any device is used
+    multihost: bool = False
 
 
 class SftConfig(_Strict):
@@ -190,7 +197,7 @@ class SftConfig(_Strict):
 
 
 class GrpoConfig(_Strict):
-    """GRPO on the prompt set, starting from the SFT adapter."""
+    """GRPO on the prompt set: a fresh LoRA on the student with the SFT adapter merged in."""
 
     steps: int = Field(default=4, ge=0)
     batch_size: int = Field(default=1, ge=1)  # prompts per step
@@ -202,8 +209,9 @@ class GrpoConfig(_Strict):
     max_prompt_length: int = Field(default=256, ge=8)  # longer prompts are rejected, and counted
     max_new_tokens: int = Field(default=128, ge=1)
     checkpoint_every: int = Field(default=2, ge=1)
-    # distillery: our decode loop (models.decode) as Tunix's rollout engine; vanilla: Tunix's Sampler;
-    # vllm / sglang_jax: Tunix's engines on those servers (their packages on a TPU host)
+    # distillery: our decode loop (models.decode) as Tunix's rollout engine (Gemma 3; other families
+    # fall back to vanilla); vanilla: Tunix's Sampler; vllm / sglang_jax: Tunix's engines on those
+    # servers (their packages on a TPU host)
     rollout_engine: Literal["distillery", "vanilla", "vllm", "sglang_jax"] = "distillery"
     top_k: int = Field(default=64, ge=1)  # sample among the top k tokens (the distillery engine: 64 only)
 

@@ -82,8 +82,8 @@ def make_teacher(config: TeacherConfig, cache: RequestCache | None, *, api_key: 
     from curation.teacher.tunix_local import TunixTeacher
     from models import registry
 
-    return TunixTeacher(registry.load(config.model, seed=seed), batch_size=config.concurrency, cache=cache, seed=seed,
-                        progress=progress)
+    return TunixTeacher(registry.load(config.model, seed=seed, revision=config.revision), batch_size=config.concurrency,
+                        cache=cache, seed=seed, progress=progress)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,6 +211,10 @@ def run(run_dir: Path, config: TeacherConfig, *, seed: int = 0, force: bool = Fa
     elif teacher is not None and not executor.in_process:
         raise ValueError(f"generate: a teacher object runs in this process only, not on the {executor.name} engine")
     folder = run_dir / STAGE
+    if config.backend == "tunix" and teacher is None:  # a Hub teacher: the commit its revision resolves to
+        from models import registry
+
+        inputs["teacher"] = registry.identity(config.model, revision=config.revision)
 
     def compute(plan: shards.Plan) -> store.StageResult:
         if not plan.executor.in_process:

@@ -7,6 +7,7 @@ profile, a YAML config file and `--set key=value` overrides (DESIGN.md "Interfac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=4200, help="port of the local server (default 4200)")
     sub.add_parser("deployments", help="print deployment names, flow/deployment, one a line",
                    description="print deployment names, flow/deployment, one a line")
+    deploy = sub.add_parser("deploy-training", help="deploy the sft, grpo and eval flows to a work pool (the TPU pool)",
+                            description="deploy the sft, grpo and eval flows to a work pool; with "
+                                        "orchestration.training_deployment=NAME curate-and-train hands them off")
+    deploy.add_argument("--pool", required=True, help="the work pool, e.g. tpu (prefect work-pool create ...)")
+    deploy.add_argument("--name", default="tpu", help="deployment name (default tpu): <stage>/<name>")
+    deploy.add_argument("--source", type=Path, default=None,
+                        help="this repository's path as the workers see it (default: this checkout)")
     card = sub.add_parser("card", help="print a run's card paths and a one-screen summary",
                           description="print a run's card paths and a one-screen summary")
     card.add_argument("dir", type=Path, metavar="DIR", help="run folder, runs/<dataset>/<version>")
@@ -66,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     check = model_sub.add_parser("check", help="greedy continuation and perplexity of a model",
                                  description="print a greedy continuation and a last line perplexity=X")
-    check.add_argument("name", help="model name, e.g. gemma3-270m")
+    check.add_argument("name", help="model: gemma3-270m, a Hub id (Qwen/Qwen2.5-Math-1.5B) or a Hugging Face folder")
+    check.add_argument("--revision", default=None, help="a Hub id's branch, tag or commit (default main)")
     check.add_argument("--data-files", type=Path, default=None,
                        help="a local GSM8K test file in the Hub's format (default: openai/gsm8k from the Hub)")
     check.add_argument("-n", type=int, default=50, help="questions for the perplexity (default 50)")
@@ -117,6 +126,17 @@ def _deployments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_training(args: argparse.Namespace) -> int:
+    """`distillery deploy-training --pool POOL`: sft/grpo/eval deployments on that pool, one name a line."""
+    from flows import deployments
+
+    with contextlib.redirect_stdout(sys.stderr):  # Prefect's tables: stdout is the names, one a line
+        names = deployments.deploy_training(args.pool, name=args.name, source=args.source or deployments.SOURCE)
+    for name in names:
+        print(name)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     """`distillery serve`: serve every deployment from this process."""
     from flows import server
@@ -145,14 +165,15 @@ def _model(args: argparse.Namespace) -> int:
     """`distillery model check NAME`."""
     from training import model_check
 
-    continuation, perplexity = model_check.check(args.name, args.data_files, args.n)
+    continuation, perplexity = model_check.check(args.name, args.data_files, args.n, revision=args.revision)
     print(f"{model_check.PROMPT}{continuation}")
     print(f"perplexity={perplexity:.4f}")
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    **{stage: _stage for stage in STAGES}, "run": _run, "deployments": _deployments, "serve": _serve, "up": _up,
+    **{stage: _stage for stage in STAGES}, "run": _run, "deployments": _deployments,
+    "deploy-training": _deploy_training, "serve": _serve, "up": _up,
     "card": _card, "model": _model}
 
 

@@ -1,14 +1,11 @@
 """The deployments `distillery serve` offers: `curate-and-train/<name>`, one per stage, and `refresh`.
 
 Locally every deployment is served by one process (`prefect.serve`), so flow runs execute
-on this machine. In production the training stages go to a TPU work pool instead: deploy
-`sft`, `grpo` and `eval` there (README "Production"), e.g.
-
-    sft_flow.deploy(name="tpu", work_pool_name="tpu-v5e", image="…/distillery:latest",
-                    parameters={...})
-
-and set `orchestration.training_deployment: tpu`: `curate-and-train` then hands each
-training stage to `<stage>/tpu` with `run_deployment` and waits for it.
+on this machine. In production the training stages go to a TPU work pool instead
+(docs/production.md): `distillery deploy-training --pool tpu` deploys `sft`, `grpo` and
+`eval` there as `<stage>/tpu` (`deploy_training`), and with
+`orchestration.training_deployment: tpu` `curate-and-train` hands each training stage to
+its deployment with `run_deployment` and waits for it.
 """
 
 from __future__ import annotations
@@ -22,6 +19,8 @@ from flows import stages
 
 DEFAULT_DEPLOYMENT = "cpu-smoke"
 DEFAULT_DATASET = Path("runs/demo")
+TRAINING_DEPLOYMENT = "tpu"  # the deployment name `orchestration.training_deployment` names
+SOURCE = Path(__file__).resolve().parents[1]  # this checkout: flows/pipeline.py is found from here
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,3 +104,23 @@ def runner_deployments(root: Path | None = None) -> list[Any]:
                                         paused=s.paused or None, description=s.description, tags=[s.profile],
                                         entrypoint_type=EntrypointType.MODULE_PATH)
             for s in specs()]
+
+
+def deploy_training(pool: str, *, name: str = TRAINING_DEPLOYMENT, source: Path = SOURCE) -> list[str]:
+    """Deploy the sft, grpo and eval flows to a work pool (the TPU pool); their `flow/deployment` names.
+
+    The flows load from `source`, a checkout of this repository at the same path on the
+    pool's workers (shared storage, or the same image). No parameters are fixed:
+    `curate-and-train` passes the run folder and the whole config with each run.
+    """
+    from prefect import Flow
+
+    names = []
+    for stage in stages.TRAINING:
+        remote = Flow.from_source(source=str(source), entrypoint=f"flows/pipeline.py:{stage}_flow")
+        remote.deploy(name=name, work_pool_name=pool, build=False, push=False, print_next_steps=False,
+                      ignore_warnings=True,
+                      description=f"the {stage} stage on the {pool} pool, handed off by curate-and-train",
+                      tags=["training", pool])
+        names.append(f"{stage}/{name}")
+    return names

@@ -172,14 +172,25 @@ STAGE_FLOWS: dict[str, Flow] = {stage: globals()[f"{stage}_flow"] for stage in s
 def _hand_off(stage: str, run_dir: str, config: Config) -> dict[str, Any]:
     """Run a training stage through its deployment (a TPU work pool in production) and wait for it.
 
-    The child runs under this flow run's hold of the run folder (`lock_owner`).
+    The child runs under this flow run's hold of the run folder (`lock_owner`); a child that
+    does not complete fails this flow run, naming the child and its state.
     """
-    name = f"{stage}/{config.orchestration.training_deployment}"
-    run = run_deployment(name, parameters={"run_dir": run_dir, "config": config.model_dump(mode="json"),
-                                           "lock_owner": runtime.flow_run.id}, timeout=None)
+    from prefect.exceptions import ObjectNotFound
+
+    deployment = config.orchestration.training_deployment
+    name = f"{stage}/{deployment}"
+    get_run_logger().info("%s: handing off to deployment %s", stage, name)
+    try:
+        run = run_deployment(name, parameters={"run_dir": run_dir, "config": config.model_dump(mode="json"),
+                                               "lock_owner": runtime.flow_run.id}, timeout=None)
+    except ObjectNotFound:
+        raise RuntimeError(f"{name}: no such deployment; deploy the training flows first: "
+                           f"distillery deploy-training --pool POOL --name {deployment}") from None
     if run.state is None or not run.state.is_completed():
         raise RuntimeError(f"{name}: flow run {run.name} ended {run.state.name if run.state else 'without a state'}")
-    return {"stage": stage, "deployment": name, "flow_run": str(run.id)}
+    if stage == "eval":  # the table on this flow run too, not only on the child's
+        _publish(stage, Path(run_dir))
+    return {"stage": stage, "deployment": name, "flow_run": str(run.id), "flow_run_name": run.name}
 
 
 @flow(name="curate-and-train", description="every stage in order: curation, data cards, SFT, GRPO, evaluation",

@@ -6,6 +6,7 @@ name to its entry point and tells whether the call recomputed or found a complet
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,8 @@ def _filter(run_dir: Path, config: Config, force: bool, executor: Executor | Non
 def _build(run_dir: Path, config: Config, force: bool) -> store.Manifest:
     from curation import build
 
-    return build.run(run_dir, config.build, student=config.student.model, seed=config.seed, force=force)
+    return build.run(run_dir, config.build, student=config.student.model, seed=config.seed,
+                     revision=config.student.revision, force=force)
 
 
 def _cards(run_dir: Path, config: Config, force: bool) -> store.Manifest:
@@ -122,6 +124,19 @@ class Outcome:
     skipped: bool
 
 
+def _secondary_host(stage: str, config: Config) -> bool:
+    """A training stage on a pod host other than process 0: it runs under process 0's hold of the folder.
+
+    On a pod every host runs the stage (one SPMD program); only process 0 takes the run lock.
+    """
+    if stage not in TRAINING or not config.mesh.multihost:
+        return False
+    from training import mesh
+
+    mesh.start(config.mesh)  # joins the pod: process indices are known from here on
+    return not mesh.is_primary()
+
+
 def run(stage: str, run_dir: Path, config: Config, *, force: bool = False, wait: bool = False,
         flow_run_id: str | None = None, inherit_from: str | None = None, executor: Executor | None = None
         ) -> Outcome:
@@ -132,7 +147,9 @@ def run(stage: str, run_dir: Path, config: Config, *, force: bool = False, wait:
     under its lock (see `curation.runlock.hold`). `executor` runs a sharded stage's work
     instead of the one `execution.*` configures (the flows: prefect-ray).
     """
-    with runlock.hold(run_dir, f"stage {stage}", flow_run_id=flow_run_id, wait=wait, inherit_from=inherit_from):
+    hold = (contextlib.nullcontext() if _secondary_host(stage, config) else
+            runlock.hold(run_dir, f"stage {stage}", flow_run_id=flow_run_id, wait=wait, inherit_from=inherit_from))
+    with hold:
         write_config(run_dir, config)
         before = store.Manifest.read(run_dir / stage / store.MANIFEST)
         runner = RUNNERS[stage]

@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from models.registry import LoadedModel
+from models.tokenizer import bos_prefix
 
 
 def teacher_forced(loaded: LoadedModel, texts: list[str], *, bucket: int = 64, batch: int = 8
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per text, for every token after BOS: its negative log-likelihood and the model's top-1 guess."""
+    """Per text, for every token after the first (BOS when the model has one): its NLL and the model's top-1 guess."""
     import jax
     import jax.numpy as jnp
 
     model = loaded.model
-    bos = loaded.tokenizer.bos_id()
+    start = bos_prefix(loaded.tokenizer)  # Qwen has no BOS: its first token is then context only
 
     @jax.jit
     def nll(tokens, mask):
@@ -26,7 +27,7 @@ def teacher_forced(loaded: LoadedModel, texts: list[str], *, bucket: int = 64, b
         # Only the targets' log-probabilities and the argmax leave the device, not (B, L, vocab) floats.
         return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0], jnp.argmax(logp, axis=-1)
 
-    encoded = [[bos] + loaded.tokenizer.encode(text) for text in texts]
+    encoded = [start + loaded.tokenizer.encode(text) for text in texts]
     out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     for lo in range(0, len(order), batch):
@@ -44,7 +45,7 @@ def teacher_forced(loaded: LoadedModel, texts: list[str], *, bucket: int = 64, b
 
 
 def token_nll(loaded: LoadedModel, texts: list[str]) -> list[np.ndarray]:
-    """Per text, the negative log-likelihood of every token after BOS."""
+    """Per text, the negative log-likelihood of every token after the first (BOS when the model has one)."""
     return [nll for nll, _ in teacher_forced(loaded, texts)]
 
 

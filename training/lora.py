@@ -1,12 +1,15 @@
-"""LoRA adapters (qwix) on a Tunix model: apply, extract, save, load, and the student per stage.
+"""LoRA adapters (qwix) on a Tunix model: apply, fold in, extract, save, load, and the student per stage.
 
 An adapter file holds only the LoRA matrices (`adapter.safetensors`, a few MB for the 270M
 model) plus, in its metadata, the rank, alpha, target regex and base model it was made for;
-the base weights always come from the model registry.
+the base weights always come from the model registry. Adapters stack: GRPO trains a fresh
+adapter on the student with the SFT adapter folded into its weights (`fold`), so the GRPO
+student is base, then SFT folded in, then GRPO folded in (`load_student`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -17,11 +20,17 @@ import numpy as np
 from curation import store
 from curation.config import Config, LoraConfig
 from models import registry
+from models.gemma_forward import LORA_DELTAS as GEMMA_DELTAS
 
 logger = logging.getLogger(__name__)
 
 ADAPTER = "adapter.safetensors"
 STAGES = ("sft", "grpo")
+# How a LoRA pair (A, B) becomes a delta in the base weight's layout, per wrapped module (qwix shapes):
+# Gemma 3's einsums, and Qwen's and Llama's projections: q/k/v w (embed, heads, head_dim), o w
+# (heads, head_dim, embed); the MLP kernels are (in, out) in every family.
+DELTAS = {**GEMMA_DELTAS, "q_proj": "dr,rnh->dnh", "k_proj": "dr,rnh->dnh", "v_proj": "dr,rnh->dnh",
+          "o_proj": "nhr,rd->nhd"}
 
 
 class AdapterError(Exception):
@@ -51,7 +60,7 @@ def params(model: Any) -> dict[str, np.ndarray]:
 
 def set_params(model: Any, values: dict[str, np.ndarray], *, where: str = "adapter") -> None:
     """Overwrite the model's LoRA matrices in place; AdapterError names any missing or misshapen one."""
-    import jax.numpy as jnp
+    import jax
     from flax import nnx
 
     variables = {".".join(map(str, path)): var for path, var in nnx.iter_graph(model)
@@ -61,10 +70,12 @@ def set_params(model: Any, values: dict[str, np.ndarray], *, where: str = "adapt
         raise AdapterError(f"{where}: LoRA parameters do not match the model: missing {missing[:4]}, "
                            f"unexpected {extra[:4]} (different lora.targets?)")
     for name, var in variables.items():
-        if tuple(var.get_value().shape) != tuple(values[name].shape):
+        current = var.get_value()
+        if tuple(current.shape) != tuple(values[name].shape):
             raise AdapterError(f"{where}: {name} has shape {values[name].shape}, the model expects "
-                               f"{var.get_value().shape} (different lora.rank or base model?)")
-        var.set_value(jnp.asarray(values[name], dtype=var.get_value().dtype))
+                               f"{current.shape} (different lora.rank or base model?)")
+        # On the sharding qwix gave it (from its base weight), not on one device
+        var.set_value(jax.device_put(np.asarray(values[name], dtype=current.dtype), current.sharding))
 
 
 def save(model: Any, path: Path, *, config: LoraConfig, base: str) -> None:
@@ -99,22 +110,57 @@ def load_into(model: Any, path: Path, *, config: LoraConfig, seed: int = 0) -> A
     return lora_model
 
 
-def load_student(run_dir: Path, stage: str | None, config: Config) -> registry.LoadedModel:
-    """The student: the base model (stage None), or base + the final adapter of stage "sft"/"grpo".
+def fold(base: Any, lora_model: Any, config: LoraConfig) -> Any:
+    """A plain model (no qwix wrappers): `base` with the LoRA deltas B A * alpha / rank added.
 
-    The adapter comes back merged into a plain Tunix model: qwix's LoRA modules set attributes
-    when called, so they fail inside a `jax.jit` that closes over them (likelihood.teacher_forced).
+    Computed where the weights are, each result put back on its base weight's sharding; the
+    weights without LoRA are the base's own arrays (no copy). qwix's LoRA modules set
+    attributes when called, so a plain model is also what a `jax.jit` closing over it needs.
     """
-    from training import export
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
 
-    base = registry.load(config.student.model, seed=config.seed)
+    pairs: dict[str, dict[str, Any]] = {}
+    for path, var in nnx.iter_graph(lora_model):
+        if isinstance(var, nnx.LoRAParam):
+            weight, _, half = ".".join(map(str, path)).rpartition("_lora_")
+            pairs.setdefault(weight, {})[half] = var.get_value()
+    plain = nnx.clone(base)
+    weights = {".".join(map(str, path)): var for path, var in nnx.iter_graph(plain)
+               if isinstance(var, nnx.Param) and not isinstance(var, nnx.LoRAParam)}
+    scale = config.alpha / config.rank
+    for weight, pair in pairs.items():
+        module = weight.split(".")[-2]
+        if module not in DELTAS or weight not in weights:
+            raise AdapterError(f"cannot fold LoRA on {weight}: known modules {', '.join(DELTAS)}")
+        value = weights[weight].get_value()
+        delta = jnp.einsum(DELTAS[module], pair["a"].astype(jnp.float32), pair["b"].astype(jnp.float32))
+        merged = (value.astype(jnp.float32) + scale * delta).astype(value.dtype)
+        weights[weight].set_value(jax.device_put(merged, value.sharding))
+    return plain
+
+
+def folded(base: Any, path: Path, config: LoraConfig, *, seed: int = 0) -> Any:
+    """`base` with the adapter file at `path` folded in (a plain model)."""
+    return fold(base, load_into(base, path, config=config, seed=seed), config)
+
+
+def load_student(run_dir: Path, stage: str | None, config: Config, *, mesh: Any = None) -> registry.LoadedModel:
+    """The student: the base model (stage None), base + SFT adapter ("sft"), or + the GRPO adapter on that ("grpo").
+
+    The adapters come back folded into a plain Tunix model (see `fold`).
+    """
+    base = registry.load(config.student.model, seed=config.seed, revision=config.student.revision, mesh=mesh,
+                         dtype=config.student.dtype)
     if stage is None:
         return base
     if stage not in STAGES:
         raise ValueError(f"stage must be None or one of {', '.join(STAGES)}; got {stage!r}")
-    path = run_dir / stage / ADAPTER
-    lora_config = config.sft.lora  # GRPO trains the SFT adapter further: one LoRA shape for both
-    lora_model = load_into(base.model, path, config=lora_config, seed=config.seed)
-    plain = export.merged_model(base, lora_model, lora=lora_config)
-    return registry.LoadedModel(name=f"{base.name}+{stage}", model=plain, tokenizer=base.tokenizer,
-                              config=base.config, source=f"{base.source} + {path}")
+    model, sources = base.model, []
+    for step in STAGES[: STAGES.index(stage) + 1]:  # GRPO's adapter was trained on the SFT-folded student
+        path = run_dir / step / ADAPTER
+        model = folded(model, path, config.sft.lora, seed=config.seed)
+        sources.append(str(path))
+    return dataclasses.replace(base, name=f"{base.name}+{stage}", model=model,
+                               source=" + ".join([base.source, *sources]))

@@ -1,12 +1,20 @@
-"""The device mesh for training: ("fsdp", "tp") over every device, or none on a single CPU.
+"""The device mesh for training: ("fsdp", "tp") over every device, on one host or a TPU pod.
 
-Why no mesh on one device: a `jax.make_mesh` with explicit axis types broke Tunix's
-trainers, and a 1 x 1 mesh buys nothing there; Tunix runs unsharded when no mesh is active.
+The same Mesh object places the weights while they are read (`models.registry.load(mesh=)`)
+and runs the trainers, so Tunix never re-places a model: RLCluster would otherwise log
+"Resharding model from None to Mesh", copy the weights, and the GRPO reference would no
+longer share the actor's backbone. Axis types are Auto (`tunix.utils.mesh.create_mesh`): a
+`jax.make_mesh` with explicit axis types breaks Tunix's trainers. One device gets a 1 x 1
+mesh: the placement then costs nothing and the code path is the one a pod runs.
+
+`mesh.multihost: true` (a TPU pod: one process per host) calls `jax.distributed.initialize()`
+before any device is touched; each process then sees every device of the pod.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from curation.config import MeshConfig
 
@@ -24,23 +32,33 @@ def shape(config: MeshConfig, device_count: int) -> tuple[int, int]:
     return fsdp, config.tp
 
 
-def create(config: MeshConfig):
-    """A jax Mesh with axes ("fsdp", "tp"), or None on one CPU device (no sharding needed)."""
+def start(config: MeshConfig, *, initialize: Callable[[], None] | None = None) -> None:
+    """On a pod (`mesh.multihost`), join the other hosts once: `initialize` defaults to jax.distributed's."""
+    import jax
+
+    if not config.multihost or jax.distributed.is_initialized():
+        return
+    logger.info("mesh.multihost: jax.distributed.initialize() (one process per host)")
+    (initialize or jax.distributed.initialize)()
+
+
+def create(config: MeshConfig, *, initialize: Callable[[], None] | None = None):
+    """A jax Mesh with Auto axes ("fsdp", "tp") over every device of every host."""
     import jax
     from tunix.utils import mesh as tunix_mesh
 
+    start(config, initialize=initialize)
     devices = jax.devices()
     fsdp, tp = shape(config, len(devices))
-    if fsdp * tp == 1 and devices[0].platform == "cpu":
-        return None
-    logger.info("device mesh fsdp=%d x tp=%d over %d %s devices", fsdp, tp, len(devices), devices[0].platform)
-    return tunix_mesh.create_mesh((fsdp, tp), AXES, devices=devices)
+    if len(devices) > 1:
+        logger.info("device mesh fsdp=%d x tp=%d over %d %s devices (%d processes)", fsdp, tp, len(devices),
+                    devices[0].platform, jax.process_count())
+    # No explicit device list: jax.make_mesh orders the devices by the TPU topology.
+    return tunix_mesh.create_mesh((fsdp, tp), AXES)
 
 
-def single_device():
-    """A 1 x 1 mesh on the first device: for APIs that require a mesh object (Tunix's RLCluster)."""
+def is_primary() -> bool:
+    """Whether this process writes shared files (process 0; always true on one host)."""
     import jax
-    import numpy as np
 
-    auto = (jax.sharding.AxisType.Auto,) * len(AXES)
-    return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), AXES, axis_types=auto)
+    return jax.process_index() == 0

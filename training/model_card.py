@@ -49,6 +49,7 @@ def eval_results(report: Mapping[str, Any], model: str) -> list[EvalResult]:
 def render(run_dir: Path, config: Config, report: Mapping[str, Any], table: str) -> ModelCard:
     """The model card of the run's GRPO model from eval.json's payload and its markdown table."""
     base = registry.hub_id(config.student.model)
+    pinned = registry.identity(config.student.model, revision=config.student.revision)  # org/name@<commit>
     gemma = "gemma" in config.student.model.lower() or (base or "").startswith("google/gemma")
     card_data = ModelCardData(
         model_name=f"{run_dir.parent.name}-{run_dir.name}-grpo", base_model=base, datasets=list(DATASETS),
@@ -56,16 +57,20 @@ def render(run_dir: Path, config: Config, report: Mapping[str, Any], table: str)
         pipeline_tag="text-generation", tags=["math", "reasoning", "distillation", "grpo", "lora", "tunix"],
         eval_results=eval_results(report, "grpo"))
     lora = config.sft.lora
-    training = {"student": config.student.model, "sft": config.sft.model_dump(mode="json"),
+    training = {"student": config.student.model_dump(mode="json") | {"resolved": pinned}, "sft": config.sft.model_dump(mode="json"),
                 "grpo": config.grpo.model_dump(mode="json"), "mesh": config.mesh.model_dump(mode="json"),
                 "seed": config.seed}
-    lines = [f"base model: `{config.student.model}`" + (f" (`{base}` on the Hub)" if base else ""),
+    revision = pinned.partition("@")[2]
+    lines = [f"base model: `{config.student.model}`" + (f" (`{base}` on the Hub)" if base else "")
+             + (f", revision `{revision}`" if revision else ""),
+             f"weights {config.student.dtype}, device mesh fsdp {config.mesh.fsdp or 'all'} x tp {config.mesh.tp}",
              f"LoRA rank {lora.rank}, alpha {lora.alpha}, on modules matching `{lora.targets}`",
              f"SFT: {config.sft.steps} steps of {config.sft.batch_size} rows, learning rate {config.sft.learning_rate}, "
-             f"loss on completion tokens only",
-             f"GRPO: {config.grpo.steps} steps of {config.grpo.batch_size} prompts x {config.grpo.num_generations} "
-             f"rollouts, beta {config.grpo.beta}, epsilon {config.grpo.epsilon}, learning rate "
-             f"{config.grpo.learning_rate}; rewards: format, partial format, verified answer"]
+             f"loss on completion tokens only; the adapter is then merged into the weights",
+             f"GRPO: a fresh LoRA on the SFT-merged model, {config.grpo.steps} steps of {config.grpo.batch_size} prompts "
+             f"x {config.grpo.num_generations} rollouts, beta {config.grpo.beta} (KL to the SFT-merged model), "
+             f"epsilon {config.grpo.epsilon}, learning rate {config.grpo.learning_rate}; rewards: format, partial "
+             f"format, verified answer"]
     held = report.get("set", {})
     facts = scrub({"held_out": f"{held.get('problems', '?')} problems: {_held_out(held)[1]}",
                    "training_yaml": yaml.safe_dump(training, sort_keys=False)}, run_dir)

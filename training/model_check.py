@@ -1,8 +1,10 @@
 """`distillery model check`: does a model load and behave? A greedy continuation and a perplexity.
 
 The perplexity is over the first 50 GSM8K test questions, each tokenized alone with BOS
-first: the negative log-likelihood of every token after BOS, pooled, exponentiated. For
-the embedded model it must match llama.cpp's on the same tokens (13.65 there).
+first (when the model has one): the negative log-likelihood of every token after the first,
+pooled, exponentiated. For the embedded model it must match llama.cpp's on the same tokens
+(13.65 there). NAME is a registry name, a Hub id (offline: from the Hugging Face cache) or a
+Hugging Face folder such as an exported `grpo/model/`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from curation.sources import hub
-from models import decode, likelihood, registry
+from models import likelihood, registry
+from models.sampling import make_decoder
 
 PROMPT = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
 
@@ -21,9 +24,9 @@ def questions(data_files: Path | None, n: int = 50) -> list[str]:
     return kept["problem"].to_list()
 
 
-def check(name: str, data_files: Path | None = None, n: int = 50) -> tuple[str, float]:
+def check(name: str, data_files: Path | None = None, n: int = 50, *, revision: str | None = None
+          ) -> tuple[str, float]:
     """(greedy continuation of PROMPT, perplexity on the first n questions)."""
-    loaded = registry.load(name)
-    continuation = decode.Decoder(loaded.model, loaded.tokenizer).generate(
-        [PROMPT], max_new_tokens=32, temperature=0.0)[0].text
+    loaded = registry.load(name, revision=revision)
+    continuation = make_decoder(loaded).generate([PROMPT], max_new_tokens=32, temperature=0.0)[0].text
     return continuation, likelihood.perplexity(likelihood.token_nll(loaded, questions(data_files, n)))

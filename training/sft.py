@@ -1,8 +1,10 @@
 """The SFT stage: a LoRA warmup of the student on the SFT set with Tunix's PeftTrainer.
 
 Reads `build/sft.parquet` (train split to train, validation split for eval loss), writes
-`sft/adapter.safetensors` (the LoRA matrices only), `sft/metrics.parquet` (one row per step)
-and `sft/data.parquet` / `sft/rejected.parquet` (rows too long for `sft.max_length`, counted).
+`sft/adapter.safetensors` (the LoRA matrices only), `sft/model/` (the student with the
+adapter folded in, a Hugging Face folder), `sft/metrics.parquet` (one row per step) and
+`sft/data.parquet` / `sft/rejected.parquet` (rows too long for `sft.max_length`, counted).
+The student is read straight onto the device mesh (`mesh.fsdp` x `mesh.tp`).
 A killed run resumes from its last checkpoint under `sft/checkpoints/`; `metrics.jsonl` is
 appended live, so the history of a killed run survives and continues without gaps.
 """
@@ -15,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +28,13 @@ import polars as pl
 from curation import build, store
 from curation.config import Config
 from models import registry
-from training import lora, mesh
+from models.tokenizer import bos_prefix
+from training import export, lora, mesh
 
 logger = logging.getLogger(__name__)
 
 STAGE = "sft"
+MODEL_FILES = tuple(f"{export.MODEL_DIR}/{name}" for name in export.FILES)
 CHECKPOINTS = "checkpoints"
 KEY_FILE = "stage_key"
 METRICS_LOG = "metrics.jsonl"
@@ -60,8 +65,8 @@ class SftStats(store.StageStats):
 
 def encode(frame: pl.DataFrame, tokenizer: Any, max_length: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(kept rows with `ids` and `n_prompt`, rejected rows): BOS + prompt + completion; too long is rejected."""
-    bos = tokenizer.bos_id()
-    prompts = [[bos, *tokenizer.encode(p)] for p in frame["prompt"].to_list()]
+    start = bos_prefix(tokenizer)  # [] for models without BOS (Qwen)
+    prompts = [[*start, *tokenizer.encode(p)] for p in frame["prompt"].to_list()]
     completions = [tokenizer.encode(c) for c in frame["completion"].to_list()]
     encoded = frame.with_columns(ids=pl.Series([p + c for p, c in zip(prompts, completions)],
                                                dtype=pl.List(pl.Int32)),
@@ -160,7 +165,9 @@ class MetricsLog:
         return rows
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one record and flush it to disk now."""
+        """Write one record and flush it to disk now (on a pod, process 0 only: one line per step)."""
+        if not mesh.is_primary():
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
 
@@ -242,16 +249,38 @@ def _trainer_class():
     return Trainer
 
 
-def _compiles(trainer: Any) -> int:
-    """How many programs the trainer's jitted train step compiled (Tunix logs the same cache size)."""
-    step = trainer._jitted_train_step_fn
-    jitted = getattr(getattr(step, "func", None), "jitted_fn", None)
-    return jitted._cache_size() if jitted is not None else 0
+@contextlib.contextmanager
+def counting_compiles(function: str) -> Iterator[list[int]]:
+    """Count XLA compilations of a jitted function while the block runs: [n], filled in as they happen.
+
+    JAX logs every compilation ("Compiling jit(_train_step) ...") at DEBUG on its pxla logger;
+    the count is of those records, which are then dropped so nothing extra is printed. Not
+    jit's cache size: on a mesh the cache holds two entries for one compiled program.
+    """
+    jax_logger = logging.getLogger("jax._src.interpreters.pxla")
+    counted = [0]
+
+    def count(record: logging.LogRecord) -> bool:
+        if record.msg.startswith("Compiling") and record.args and f"({function})" in str(record.args[0]):
+            counted[0] += 1
+        return record.levelno > logging.DEBUG
+
+    level = jax_logger.level
+    jax_logger.setLevel(min(level or logging.DEBUG, logging.DEBUG))
+    jax_logger.addFilter(count)
+    try:
+        yield counted
+    finally:
+        jax_logger.removeFilter(count)
+        jax_logger.setLevel(level)
 
 
 def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, config: Config, *, key: str,
-          force: bool) -> tuple[Any, SftStats]:
-    """Train the LoRA adapter on the kept rows; returns (LoRA model, stats without row counts)."""
+          force: bool, device_mesh: Any = None) -> tuple[Any, SftStats]:
+    """Train the LoRA adapter on the kept rows; returns (LoRA model, stats without row counts).
+
+    `device_mesh` is the mesh the student was loaded on (default: `mesh.create(config.mesh)`).
+    """
     import optax
     from tunix.sft import peft_trainer
 
@@ -277,9 +306,9 @@ def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, con
     training_config = peft_trainer.TrainingConfig(
         eval_every_n_steps=sft.eval_every, max_steps=sft.steps, checkpoint_root_directory=str(folder),
         checkpointing_options=checkpoint_options(sft.checkpoint_every), pbar_description="SFT")
-    device_mesh = mesh.create(config.mesh)
+    device_mesh = device_mesh if device_mesh is not None else mesh.create(config.mesh)
     started = time.perf_counter()
-    with device_mesh if device_mesh is not None else contextlib.nullcontext():
+    with device_mesh:
         trainer = _trainer_class()(lora_model, optax.adamw(sft.learning_rate), training_config)
         trainer.log = log
         trainer.with_loss_fn(loss_fn, has_aux=True).with_gen_model_input_fn(model_inputs(pad))
@@ -288,13 +317,14 @@ def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, con
             logger.info("sft: resuming from the checkpoint at step %d of %d", trainer.train_steps, sft.steps)
         log.resume_at(trainer.train_steps)
         try:
-            trainer.train(batches, evals or None)
+            with counting_compiles("_train_step") as compiles:
+                trainer.train(batches, evals or None)
         finally:
             trainer.checkpoint_manager.close()  # waits for an in-flight async save
     table = log.table()
     done = table.filter(pl.col("loss").is_not_null())
     stats.steps = trainer.train_steps
-    stats.train_step_compiles = _compiles(trainer)
+    stats.train_step_compiles = compiles[0]
     stats.train_tokens = int(done["tokens"].sum()) if done.height else 0
     seconds = time.perf_counter() - started
     stats.tokens_per_s = round(sum(log.tokens_per_step[stats.resumed_from:]) / seconds, 2) if seconds else 0.0
@@ -305,15 +335,18 @@ def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, con
 
 
 def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.StageResult:
-    """Encode, reject too-long rows, train, write the adapter; the tables for run_stage."""
+    """Encode, reject too-long rows, train, write the adapter and the merged model; the tables for run_stage."""
     started = time.time()
     frame = store.finished(run_dir, "build").read(build.SFT)
-    loaded = registry.load(config.student.model, seed=config.seed)
+    device_mesh = mesh.create(config.mesh)
+    loaded = load_student(config, device_mesh)
     kept, rejected = encode(frame, loaded.tokenizer, config.sft.max_length)
     stage_dir = run_dir / STAGE
     stage_dir.mkdir(parents=True, exist_ok=True)
-    lora_model, stats = train(loaded, kept, stage_dir, config, key=key, force=force)
-    lora.save(lora_model, stage_dir / lora.ADAPTER, config=config.sft.lora, base=config.student.model)
+    lora_model, stats = train(loaded, kept, stage_dir, config, key=key, force=force, device_mesh=device_mesh)
+    lora.save(lora_model, stage_dir / lora.ADAPTER, config=config.sft.lora, base=loaded.source)
+    export.write(loaded, lora.fold(loaded.model, lora_model, config.sft.lora), stage_dir / export.MODEL_DIR,
+                 dtype=config.student.dtype)
     stats.rows_in, stats.kept, stats.rejected = frame.height, kept.height, rejected.height
     stats.reasons = store.reason_counts(rejected)
     stats.seconds = round(time.time() - started, 3)
@@ -323,11 +356,23 @@ def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.St
     return store.StageResult(kept=kept.select(columns), rejected=rejected, stats=stats, extra={"metrics": metrics})
 
 
+def load_student(config: Config, device_mesh: Any) -> registry.LoadedModel:
+    """The configured student (its pinned revision and dtype), each weight read onto `device_mesh`."""
+    return registry.load(config.student.model, seed=config.seed, revision=config.student.revision, mesh=device_mesh,
+                         dtype=config.student.dtype)
+
+
+def student_identity(config: Config) -> str:
+    """The student as stage keys record it: a Hub id with the commit its revision resolves to."""
+    return registry.identity(config.student.model, revision=config.student.revision)
+
+
 def run(run_dir: Path, config: Config, *, force: bool = False) -> store.Manifest:
     """Run the SFT stage on `run_dir/build/sft.parquet` unless a complete output with the same key exists."""
-    inputs = {"build_sft": store.finished(run_dir, "build").hash(build.SFT), "student": config.student.model}
-    stage_config = {"sft": config.sft.model_dump(mode="json"), "seed": config.seed,
+    inputs = {"build_sft": store.finished(run_dir, "build").hash(build.SFT), "student": student_identity(config)}
+    stage_config = {"sft": config.sft.model_dump(mode="json"), "seed": config.seed, "dtype": config.student.dtype,
                     "mesh": config.mesh.model_dump(mode="json")}
     key = store.stage_key(stage_config, inputs)
     return store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
-                           compute=lambda: compute(run_dir, config, key=key, force=force), outputs=(lora.ADAPTER,))
+                           compute=lambda: compute(run_dir, config, key=key, force=force),
+                           outputs=(lora.ADAPTER, *MODEL_FILES))

@@ -1,8 +1,8 @@
 """The embedded teacher: n samples per prompt from a Tunix model on this machine, batched wide.
 
 Few-shot completion prompts (base models need the examples), decoded with
-`models.decode.Decoder` (continuous batching over `batch_size` slots), stopping at
-`</answer>`. Each sample goes to the same request cache as the OpenAI-compatible teacher the
+`models.decode.Decoder` (continuous batching over `batch_size` slots; Gemma 3) or Tunix's
+Sampler for the other families (`models.sampling.make_decoder`), stopping at `</answer>`. Each sample goes to the same request cache as the OpenAI-compatible teacher the
 moment it ends, so a killed run resumes.
 """
 
@@ -20,10 +20,10 @@ class TunixTeacher:
 
     def __init__(self, loaded, *, batch_size: int = 32, cache: RequestCache | None = None, seed: int = 0,
                  progress: bool = True):
-        from models.decode import Decoder
+        from models.sampling import make_decoder
 
         self.name = loaded.name
-        self.decoder = Decoder(loaded.model, loaded.tokenizer)
+        self.decoder = make_decoder(loaded)
         self.batch_size = batch_size
         self.cache = cache
         self.seed = seed

@@ -19,6 +19,16 @@ def test_cpu_smoke_is_offline_and_procedural():
     assert config.teacher.backend == "tunix" and config.student.model == "gemma3-270m"
 
 
+def test_tpu_profiles_train_hub_students_in_bfloat16():
+    from models import hf
+
+    for name, expected in (("kaggle-tpu", "google/gemma-3-1b-it"), ("tpu-pod", "google/gemma-3-4b-it")):
+        config = load_config(name)
+        assert config.student.model == expected and hf.is_hub_id(config.student.model)
+        assert config.student.dtype == "bfloat16"
+    assert load_config("tpu-pod").mesh.multihost
+
+
 def test_set_overrides_dotted_keys_with_yaml_values():
     config = load_config("cpu-smoke", sets=["teacher.n=2", "teacher.temperature=0.5", "seed=9",
                                             "sources=[{kind: hub, id: openai/gsm8k, data_files: x.jsonl}]"])
@@ -47,6 +57,8 @@ def test_config_file_overrides_the_profile(tmp_path):
         (["execution.engine=dask"], "execution.engine: .*'local' or 'ray'.*got 'dask'"),
         (["execution.address=headnode"], "execution.address must be .*got 'headnode'"),
         (["execution.shard_rows=0"], "execution.shard_rows: .*greater than or equal to 1 .*got 0"),
+        (["student.dtype=float16"], "student.dtype: .*'float32' or 'bfloat16'.*got 'float16'"),
+        (["mesh.multihost=maybe"], "mesh.multihost: .*got 'maybe'"),
     ],
 )
 def test_bad_values_are_named(sets, message):

@@ -17,8 +17,8 @@ import urllib.request
 import polars as pl
 import pytest
 
-from curation import dedup, filters, generate, pull, store
-from curation.config import DedupConfig, FilterConfig, ProceduralSource, PullConfig, TeacherConfig
+from curation import dedup, filters, pull, store
+from curation.config import DedupConfig, FilterConfig, ProceduralSource, PullConfig
 
 from tests.conftest import free_port
 

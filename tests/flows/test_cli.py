@@ -11,7 +11,8 @@ from flows import cli
 from flows.stages import STAGES
 
 
-@pytest.mark.parametrize("command", [*cli.STAGES, "run", "serve", "up", "deployments", "card", "model"])
+@pytest.mark.parametrize("command", [*cli.STAGES, "run", "serve", "up", "deployments", "deploy-training", "card",
+                                     "model"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -96,3 +97,17 @@ def test_dedup_after_pull_reports_contamination(tmp_path, shared_data, capsys):
 def test_dedup_before_pull_says_to_run_pull_first(tmp_path, capsys):
     assert cli.main(["dedup", "--run", str(tmp_path / "ds" / "v1")]) == 2
     assert "stage 'pull' has no complete output" in capsys.readouterr().err
+
+
+def test_model_check_of_a_hub_model_missing_offline_is_one_line_with_the_download_command(tmp_path):
+    """An empty Hugging Face cache and HF_HUB_OFFLINE=1: exit 2, one line naming the id and `hf download`."""
+    import os
+
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "model", "check", "google/gemma-3-1b-it"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr and "LookupError" not in done.stderr, done.stderr
+    assert lines[0].startswith("distillery model: error: model 'google/gemma-3-1b-it'")
+    assert "hf download google/gemma-3-1b-it" in lines[0]

@@ -1,4 +1,5 @@
-"""The GRPO stage on the tiny student: LoRA weights move, long prompts are counted, the export reloads."""
+"""The GRPO stage on the tiny student: a fresh LoRA on the SFT-merged student moves, its reference is that
+merged student (KL zero at step 0, one copy of the weights), long prompts are counted, the export reloads."""
 
 from __future__ import annotations
 
@@ -30,14 +31,18 @@ def grpo_run(tmp_path_factory):
     return run, config, grpo.run(run, config, reward_fns=[length_reward])
 
 
-def test_grpo_steps_change_the_lora_weights(grpo_run):
+def test_grpo_trains_a_fresh_lora_of_the_sft_adapters_shape(grpo_run):
     run, _, manifest = grpo_run
-    before, _ = lora.read(run / "sft" / lora.ADAPTER)
-    after, _ = lora.read(run / "grpo" / lora.ADAPTER)
-    assert any(not np.array_equal(before[name], after[name]) for name in before)
+    warmed, _ = lora.read(run / "sft" / lora.ADAPTER)
+    trained, _ = lora.read(run / "grpo" / lora.ADAPTER)
+    assert trained.keys() == warmed.keys()
+    assert all(trained[k].any() for k in trained if k.endswith("lora_b"))  # B started at zero and moved
+    assert not any(np.array_equal(trained[k], warmed[k]) for k in trained)  # its own matrices, not the SFT ones
     stats = json.loads((run / "grpo" / "stats.json").read_text())
     assert stats["steps"] == 2 and len(stats["mean_reward"]) == 2
-    assert pl.read_parquet(run / "grpo" / "metrics.parquet")["step"].to_list() == [1, 2]
+    metrics = pl.read_parquet(run / "grpo" / "metrics.parquet")
+    assert metrics["step"].to_list() == [1, 2]
+    assert metrics["kl"][0] == pytest.approx(0.0, abs=1e-6)  # step 1 is computed at the reference itself
     assert {lora.ADAPTER, *grpo.MODEL_FILES} <= set(manifest.outputs)
 
 
@@ -48,15 +53,11 @@ def test_prompts_too_long_are_rejected_and_counted(grpo_run):
     assert manifest.counts == {"rows_in": 6, "kept": 4, "rejected": 2}  # the train split only
 
 
-def test_exported_model_reloads_with_the_lora_models_logits(grpo_run):
+def _logits_fn(tokenizer):
     import jax.numpy as jnp
     from flax import nnx
 
-    run, config, _ = grpo_run
-    lora_model = lora.load_into(registry.load(config.student.model, seed=config.seed).model,
-                                run / "grpo" / lora.ADAPTER, config=config.sft.lora)
-    exported = registry.load(str(run / "grpo" / grpo.MODEL_DIR))
-    tokens = jnp.asarray([[2, *exported.tokenizer.encode("What is 2 + 5?")]], dtype=jnp.int32)
+    tokens = jnp.asarray([[2, *tokenizer.encode("What is 2 + 5?")]], dtype=jnp.int32)
     length = tokens.shape[1]
     positions = jnp.arange(length)[None]
     attention = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None]
@@ -65,21 +66,72 @@ def test_exported_model_reloads_with_the_lora_models_logits(grpo_run):
     def logits(model):
         return model(tokens, positions, None, attention)[0]
 
-    assert np.allclose(logits(lora_model), logits(exported.model), atol=1e-4)
+    return logits
+
+
+def test_exported_models_reload_with_the_stacked_adapters_logits(grpo_run):
+    """grpo/model = base + SFT + GRPO; sft/model = base + SFT: each reloads with the trained student's logits."""
+    run, config, _ = grpo_run
+    for stage in ("sft", "grpo"):
+        student = lora.load_student(run, stage, config)
+        exported = registry.load(str(run / stage / grpo.MODEL_DIR))
+        logits = _logits_fn(exported.tokenizer)
+        np.testing.assert_allclose(logits(student.model), logits(exported.model), atol=1e-4)
     base = registry.load(config.student.model, seed=config.seed)
+    sft_model = registry.load(str(run / "sft" / grpo.MODEL_DIR))
     assert not np.allclose(logits(base.model), logits(exported.model), atol=1e-4)
+    assert not np.allclose(logits(sft_model.model), logits(exported.model), atol=1e-4)  # GRPO moved it further
 
 
-def test_empty_grpo_set_keeps_the_sft_adapter(tmp_path, caplog):
+def test_actor_and_reference_start_as_the_merged_sft_model_on_one_copy_of_the_weights(grpo_run, caplog):
+    """At step 0 both give the SFT-merged student's logits; the reference is its weights, shared with the actor
+    when RLCluster starts (no warning, nothing re-placed) and still after GRPO updates."""
+    from tunix.rl import utils as rl_utils
+
+    from training import mesh
+
+    run, config, _ = grpo_run
+    device_mesh = mesh.create(config.mesh)
+    loaded = sft.load_student(config, device_mesh)
+    actor, reference = grpo.policies(loaded, run / "sft" / lora.ADAPTER, config)
+    assert rl_utils.is_sharing_backbone(reference, actor)  # the same arrays: one copy
+    with caplog.at_level("INFO"):
+        cluster = grpo._cluster(actor, reference, loaded, config, run / "grpo" / "probe", device_mesh)
+    assert cluster.inference_worker.get_model("reference") is reference and cluster.actor_trainer.model is actor
+    assert "do not share the same backbone" not in caplog.text and "Resharding" not in caplog.text
+    merged = lora.load_student(run, "sft", config).model
+    logits = _logits_fn(loaded.tokenizer)
+    np.testing.assert_allclose(logits(actor), logits(merged), atol=1e-5)
+    np.testing.assert_allclose(logits(reference), logits(merged), atol=1e-5)
+    assert not np.allclose(logits(loaded.model), logits(merged), atol=1e-4)  # SFT did change the student
+
+    # A jitted step hands back new buffers for every weight; the actor takes the reference's back after each.
+    actor, reference = grpo.policies(loaded, run / "sft" / lora.ADAPTER, config)
+    kept = grpo.prompt_lengths(store.finished(run, "build").read().filter(pl.col("split") == "train").head(1),
+                               loaded.tokenizer)
+    one_step = config.model_copy(update={"grpo": config.grpo.model_copy(update={"steps": 1})})
+    trained, _ = grpo.train(loaded, actor, reference, kept, run / "grpo-one-step", one_step, key="one", force=False,
+                            reward_fns=[length_reward], device_mesh=device_mesh)
+    assert trained is actor and rl_utils.is_sharing_backbone(reference, trained)
+    rows = sft.MetricsLog(run / "grpo-one-step" / sft.METRICS_LOG, []).rows()
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_empty_grpo_set_leaves_the_sft_policy(tmp_path, caplog):
+    from safetensors.numpy import load_file
+
     run = runs.make_run(tmp_path, n_train=0, n_val=2, long_problems=0)
     config = runs.config("sft.steps=1", "grpo.steps=3")
     sft.run(run, config)
     manifest = grpo.run(run, config, reward_fns=[length_reward])
     assert manifest.counts == {"rows_in": 0, "kept": 0, "rejected": 0} and "no training prompts" in caplog.text
     assert json.loads((run / "grpo" / "stats.json").read_text())["steps"] == 0
-    kept, _ = lora.read(run / "grpo" / lora.ADAPTER)
-    warmed, _ = lora.read(run / "sft" / lora.ADAPTER)
-    assert kept.keys() == warmed.keys() and all(np.array_equal(kept[k], warmed[k]) for k in kept)
+    identity, _ = lora.read(run / "grpo" / lora.ADAPTER)
+    assert not any(v.any() for k, v in identity.items() if k.endswith("lora_b"))  # B = 0: the identity
+    grpo_weights = load_file(str(run / "grpo" / grpo.MODEL_DIR / "model.safetensors"))
+    sft_weights = load_file(str(run / "sft" / grpo.MODEL_DIR / "model.safetensors"))
+    assert grpo_weights.keys() == sft_weights.keys()
+    assert all(np.array_equal(grpo_weights[k], sft_weights[k]) for k in grpo_weights)
     assert store.complete_manifest(run / "grpo") is not None
 
 
@@ -101,8 +153,8 @@ def test_killed_grpo_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     sft.run(run, config)
     original = grpo._StepRecorder.step_done
 
-    def die_after_step_2(self, step):
-        original(self, step)
+    def die_after_step_2(self, step, kl=None):
+        original(self, step, kl)
         if step == 2:
             raise KeyboardInterrupt("killed after step 2")
 

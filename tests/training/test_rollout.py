@@ -9,7 +9,7 @@ from curation.config import LoraConfig
 from models import registry
 from models.decode import Decoder
 from tests.training import runs
-from training import export, grpo, lora, rollout
+from training import grpo, lora, rollout
 
 
 def _actor(seed: int = 0):
@@ -38,7 +38,7 @@ def test_the_engine_samples_the_actor_with_its_adapter_folded_in():
     settings = RolloutConfig(max_tokens_to_generate=10, max_prompt_length=32, temperature=0.0, top_k=64,
                              eos_tokens=[loaded.tokenizer.eos_id()])
     out = engine.generate(prompts, settings)
-    merged = export.merged_model(loaded, actor, lora=config)  # the adapter folded in by the export's own code
+    merged = lora.fold(loaded.model, actor, config)  # the adapter folded in by the export's own code
     expected = Decoder(merged, loaded.tokenizer).generate(prompts, max_new_tokens=10, temperature=0.0)
     assert out.text == [g.text for g in expected]
     assert [t.tolist() for t in out.tokens] == [list(g.ids) for g in expected]

@@ -106,13 +106,28 @@ def test_load_student_applies_the_sft_adapter(tmp_path):
     assert any(v.any() for k, v in lora.params(manual).items() if "lora_b" in k)  # trained, not the identity
 
 
-def test_one_cpu_device_means_no_mesh_and_a_wrong_shape_is_named():
+def test_one_cpu_device_is_a_1x1_auto_mesh_and_a_wrong_shape_is_named():
+    import jax
+
     from curation.config import MeshConfig
     from training import mesh
 
-    assert mesh.create(MeshConfig()) is None
+    one = mesh.create(MeshConfig())
+    assert dict(one.shape) == {"fsdp": 1, "tp": 1}
+    assert one.axis_types == (jax.sharding.AxisType.Auto,) * 2  # explicit axes break Tunix's trainers
     with pytest.raises(ValueError, match="fsdp=2 x tp=1"):
         mesh.create(MeshConfig(fsdp=2))
+
+
+def test_multihost_joins_the_pod_before_making_the_mesh_and_only_then():
+    from curation.config import MeshConfig
+    from training import mesh
+
+    calls = []
+    mesh.create(MeshConfig(), initialize=lambda: calls.append("single host"))
+    assert calls == []  # one host: jax.distributed is never started
+    with pytest.raises(RuntimeError, match="joined"):
+        mesh.create(MeshConfig(multihost=True), initialize=lambda: (_ for _ in ()).throw(RuntimeError("joined")))
 
 
 def test_sigkilled_run_resumes_from_its_last_complete_checkpoint(tmp_path):
@@ -151,10 +166,13 @@ def _base_params(model) -> dict[str, np.ndarray]:
 
 
 def _train(run: Path, config, stage_dir: Path):
-    """sft.train on the run's SFT rows: (the loaded base, the trained LoRA model, stats)."""
-    loaded = registry.load(config.student.model, seed=config.seed)
+    """sft.train on the run's SFT rows, the student read onto the mesh as the stage does: (base, LoRA model, stats)."""
+    from training import mesh
+
+    device_mesh = mesh.create(config.mesh)
+    loaded = sft.load_student(config, device_mesh)
     kept, _ = sft.encode(store.finished(run, "build").read("sft.parquet"), loaded.tokenizer, config.sft.max_length)
-    model, stats = sft.train(loaded, kept, stage_dir, config, key="test", force=False)
+    model, stats = sft.train(loaded, kept, stage_dir, config, key="test", force=False, device_mesh=device_mesh)
     return loaded, model, stats
 
 
