@@ -56,18 +56,23 @@ def top_k_mass(loaded, texts: list[str], k: int = decode.TOP_K) -> np.ndarray:
     """Per teacher-forced position, the probability mass (temperature 0.8) of the k most likely tokens."""
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
-    @jax.jit
-    def mass(tokens):
+    # The model is an argument, not a closure: a captured model would be compiled in as constants.
+    # Rows are right-padded to one length (causal attention: padding never reaches earlier positions).
+    @nnx.jit
+    def mass(model, tokens):
         length = tokens.shape[1]
         positions = jnp.arange(length)[None]
         causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None]
-        logits, _ = loaded.model(tokens, positions, None, causal)
+        logits, _ = model(tokens, positions, None, causal)
         probs = jax.nn.softmax(logits[0].astype(jnp.float32) / TEMPERATURE, axis=-1)
         return jax.lax.top_k(probs, k)[0].sum(axis=-1)
 
-    found = [np.asarray(mass(jnp.asarray([[loaded.tokenizer.bos_id(), *loaded.tokenizer.encode(t)]])))
-             for t in texts]
+    rows = [[loaded.tokenizer.bos_id(), *loaded.tokenizer.encode(t)] for t in texts]
+    width = max(map(len, rows))
+    found = [np.asarray(mass(loaded.model, jnp.asarray([row + [0] * (width - len(row))])))[: len(row)]
+             for row in rows]
     return np.concatenate(found)
 
 
