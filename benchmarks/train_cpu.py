@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.config import load_config  # noqa: E402
 from models import registry  # noqa: E402
-from training import lora, sft  # noqa: E402
+from training import lora, mesh, sft  # noqa: E402
 
 PROFILE = "cpu-smoke"
 
@@ -145,7 +145,7 @@ def grpo_seconds(loaded, kept: pl.DataFrame, config, engine: str, warmup: int, s
     config = config.model_copy(update={"grpo": config.grpo.model_copy(update={"rollout_engine": engine})})
     actor = lora.apply(loaded.model, config.sft.lora, seed=config.seed)  # B = 0: the model an adapter starts from
     with tempfile.TemporaryDirectory() as folder:
-        grpo.train(loaded, actor, kept, Path(folder), config, key="benchmark", force=True,
+        grpo.train(loaded, actor, loaded.model, kept, Path(folder), config, key="benchmark", force=True,
                    reward_fns=rewards.reward_fns())
         rows = [r for r in sft.MetricsLog(Path(folder) / sft.METRICS_LOG, []).rows() if "seconds" in r]
     timed = [r for r in rows if warmup < r["step"] <= warmup + steps]
@@ -182,7 +182,8 @@ def main() -> None:
             f"grpo.num_generations={args.generations}", f"grpo.max_new_tokens={args.grpo_new_tokens}",
             f"grpo.checkpoint_every={args.warmup + args.grpo_steps}"]
     config = load_config(PROFILE, sets=sets)
-    loaded = registry.load(args.model, seed=config.seed)
+    # Read onto the run's mesh as the stages do, so GRPO's actor and reference share one backbone.
+    loaded = registry.load(args.model, seed=config.seed, mesh=mesh.create(config.mesh))
     rows = fixed_rows(loaded, args.batch, args.length)
     sft_tokens = float(args.batch * args.length)
     print(f"model {args.model}; LoRA rank {config.sft.lora.rank}; {args.rounds} rounds of each side, alternating")
