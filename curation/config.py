@@ -206,7 +206,8 @@ class GrpoConfig(_Strict):
     epsilon: float = Field(default=0.2, gt=0)
     learning_rate: float = Field(default=3e-6, gt=0)
     temperature: float = Field(default=0.9, gt=0)
-    max_prompt_length: int = Field(default=256, ge=8)  # longer prompts are rejected, and counted
+    # Longer prompts are rejected, and counted; rollouts pad to the longest kept prompt (rounded up to 32), not to this.
+    max_prompt_length: int = Field(default=256, ge=8)
     max_new_tokens: int = Field(default=128, ge=1)
     checkpoint_every: int = Field(default=2, ge=1)
     # distillery: our decode loop (models.decode) as Tunix's rollout engine (Gemma 3; other families

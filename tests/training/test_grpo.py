@@ -40,10 +40,20 @@ def test_grpo_trains_a_fresh_lora_of_the_sft_adapters_shape(grpo_run):
     assert not any(np.array_equal(trained[k], warmed[k]) for k in trained)  # its own matrices, not the SFT ones
     stats = json.loads((run / "grpo" / "stats.json").read_text())
     assert stats["steps"] == 2 and len(stats["mean_reward"]) == 2
+    kept = pl.read_parquet(run / "grpo" / "data.parquet")["prompt_tokens"]
+    # Rollouts and updates pad prompts to the longest kept one (rounded up), not to max_prompt_length 384.
+    assert stats["prompt_width"] == grpo.prompt_width(kept, 384) and kept.max() <= stats["prompt_width"] < 384
     metrics = pl.read_parquet(run / "grpo" / "metrics.parquet")
     assert metrics["step"].to_list() == [1, 2]
     assert metrics["kl"][0] == pytest.approx(0.0, abs=1e-6)  # step 1 is computed at the reference itself
     assert {lora.ADAPTER, *grpo.MODEL_FILES} <= set(manifest.outputs)
+
+
+def test_prompt_width_is_the_longest_prompt_rounded_up_within_the_limit():
+    assert grpo.prompt_width(pl.Series([61, 73, 72]), 256) == 96
+    assert grpo.prompt_width(pl.Series([64]), 256) == 64
+    assert grpo.prompt_width(pl.Series([250]), 256) == 256  # 256 is both the round-up and the limit
+    assert grpo.prompt_width(pl.Series([230]), 240) == 240  # never past the limit that rejected longer ones
 
 
 def test_prompts_too_long_are_rejected_and_counted(grpo_run):
@@ -96,7 +106,7 @@ def test_actor_and_reference_start_as_the_merged_sft_model_on_one_copy_of_the_we
     actor, reference = grpo.policies(loaded, run / "sft" / lora.ADAPTER, config)
     assert rl_utils.is_sharing_backbone(reference, actor)  # the same arrays: one copy
     with caplog.at_level("INFO"):
-        cluster = grpo._cluster(actor, reference, loaded, config, run / "grpo" / "probe", device_mesh)
+        cluster = grpo._cluster(actor, reference, loaded, config, run / "grpo" / "probe", device_mesh, 64)
     assert cluster.inference_worker.get_model("reference") is reference and cluster.actor_trainer.model is actor
     assert "do not share the same backbone" not in caplog.text and "Resharding" not in caplog.text
     merged = lora.load_student(run, "sft", config).model
