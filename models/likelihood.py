@@ -13,12 +13,14 @@ def teacher_forced(loaded: LoadedModel, texts: list[str], *, bucket: int = 64, b
     """Per text, for every token after the first (BOS when the model has one): its NLL and the model's top-1 guess."""
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
-    model = loaded.model
     start = bos_prefix(loaded.tokenizer)  # Qwen has no BOS: its first token is then context only
 
-    @jax.jit
-    def nll(tokens, mask):
+    # The model is an argument, not a closure: a captured model is compiled in as constants,
+    # per bucket (measured: 40 s and ~1 GB a compile for the 270M model).
+    @nnx.jit
+    def nll(model, tokens, mask):
         positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
         causal = jnp.tril(jnp.ones((tokens.shape[1], tokens.shape[1]), dtype=jnp.bool_))
         attention = mask[:, None, :].astype(jnp.bool_) & causal[None]
@@ -38,7 +40,7 @@ def teacher_forced(loaded: LoadedModel, texts: list[str], *, bucket: int = 64, b
         for r, i in enumerate(rows):
             tokens[r, : len(encoded[i])] = encoded[i]
             mask[r, : len(encoded[i])] = 1
-        values, top1 = (np.asarray(a) for a in nll(jnp.asarray(tokens), jnp.asarray(mask)))
+        values, top1 = (np.asarray(a) for a in nll(loaded.model, jnp.asarray(tokens), jnp.asarray(mask)))
         for r, i in enumerate(rows):
             out[i] = (values[r, : len(encoded[i]) - 1], top1[r, : len(encoded[i]) - 1])
     return out
