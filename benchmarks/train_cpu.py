@@ -183,7 +183,7 @@ def main() -> None:
             f"grpo.checkpoint_every={args.warmup + args.grpo_steps}"]
     config = load_config(PROFILE, sets=sets)
     # Read onto the run's mesh as the stages do, so GRPO's actor and reference share one backbone.
-    loaded = registry.load(args.model, seed=config.seed, mesh=mesh.create(config.mesh))
+    loaded = sft.load_student(config, mesh.create(config.mesh))
     rows = fixed_rows(loaded, args.batch, args.length)
     sft_tokens = float(args.batch * args.length)
     print(f"model {args.model}; LoRA rank {config.sft.lora.rank}; {args.rounds} rounds of each side, alternating")
