@@ -12,11 +12,13 @@
   other families by running Tunix's own name mapping backwards over the source folder's
   tensor names and shapes, so the export has exactly the source's names and layout.
 - The embedded GGUF model has no Hugging Face folder: its config is Gemma 3 270M's, its
-  tokenizer the converted sentencepiece model with a tokenizer_config.json.
+  tokenizer the converted sentencepiece model with a tokenizer_config.json, and the tokenizer.json
+  transformers converts from it (so readers need neither sentencepiece nor protobuf).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -178,7 +180,7 @@ def _raw(folder: Path) -> dict[str, Any]:
 
 def _tokenizer_files(loaded: Any, staging: Path) -> None:
     """The source's tokenizer files and generation_config.json as they are; for a sentencepiece-only model
-    (the converted GGUF, the tiny one), tokenizer.model and a tokenizer_config.json."""
+    (the converted GGUF, the tiny one), tokenizer.model, a tokenizer_config.json and a tokenizer.json."""
     copied = []
     if loaded.folder is not None and _raw(loaded.folder):
         for name in COPIED:
@@ -195,6 +197,47 @@ def _tokenizer_files(loaded: Any, staging: Path) -> None:
         template = loaded.chat.template if loaded.chat is not None else chat.GEMMA
         store.write_json({"tokenizer_class": "GemmaTokenizer", **special, "add_bos_token": True,
                           "add_eos_token": False, "chat_template": template}, staging / "tokenizer_config.json")
+    if "tokenizer.json" not in copied and hasattr(loaded.tokenizer, "serialized_model_proto"):
+        try:
+            converted, differs = _converted(loaded.tokenizer.serialized_model_proto(),
+                                            (staging / "tokenizer_config.json").read_bytes())
+        except Exception as err:  # noqa: BLE001 - a tokenizer.json is a convenience; the export stands without it
+            converted, differs = b"", f"transformers' conversion failed: {type(err).__name__}: {err}"
+        if differs is None:
+            store.atomic_write_bytes(staging / "tokenizer.json", converted)
+        else:
+            logger.warning("export: no tokenizer.json (%s); readers need sentencepiece and protobuf for "
+                           "tokenizer.model", differs)
+
+
+# Whitespace runs, tabs, digits, punctuation, accents, CJK, emoji and the chat turn markers.
+PROBES = ("Janet's ducks lay 16 eggs per day; she eats 3.5% of them (about $2,000.75).",
+          "  two  spaces\tand a tab\n\n\nthen lines   ", "ünïcödé, naïve café, 日本語のテキスト, emoji 😀👍",
+          "<start_of_turn>user\nWhat is 12 * 3?<end_of_turn>\n<start_of_turn>model\n<reasoning>\n12 * 3 = 36\n"
+          "</reasoning>\n<answer>\n36\n</answer>")
+
+
+@functools.lru_cache(maxsize=2)  # the SFT and GRPO exports of one run convert the same tokenizer
+def _converted(model_proto: bytes, tokenizer_config: bytes) -> tuple[bytes, str | None]:
+    """tokenizer.json converted from a sentencepiece model, and why not to use it (None: it encodes PROBES alike).
+
+    transformers 5 reads a tokenizer.model-only folder through protobuf (without it: "`tiktoken`
+    is required"); vLLM and `tokenizers` read tokenizer.json directly. transformers' converter
+    assumes Gemma's BPE model, so its result is written only if it encodes PROBES as sentencepiece does.
+    """
+    import tempfile
+
+    import sentencepiece as spm
+    from tokenizers import Tokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "tokenizer.model").write_bytes(model_proto)
+        (Path(folder) / "tokenizer_config.json").write_bytes(tokenizer_config)
+        text = hf.transformers_module().AutoTokenizer.from_pretrained(folder).backend_tokenizer.to_str()
+    theirs, ours = Tokenizer.from_str(text), spm.SentencePieceProcessor(model_proto=model_proto)
+    differs = next((f"transformers' conversion encodes {p[:40]!r} differently" for p in PROBES
+                    if theirs.encode(p, add_special_tokens=False).ids != ours.encode(p)), None)
+    return text.encode(), differs
 
 
 def write(loaded: Any, model: Any, out_dir: Path, *, dtype: str) -> list[str]:

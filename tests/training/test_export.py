@@ -98,3 +98,36 @@ def test_the_embedded_style_gemma_exports_gemma3_270m_style_settings(tmp_path):
     assert tokenizer_config["bos_token"] == "<bos>" and "<start_of_turn>" in tokenizer_config["chat_template"]
     again = registry.load(str(tmp_path / "model"))
     np.testing.assert_allclose(_logits(again.model, [2, 40, 41, 42]), _logits(tiny.model, [2, 40, 41, 42]), atol=1e-5)
+
+
+READ_WITHOUT_PROTOBUF = """
+import json, sys
+sys.modules["google.protobuf"] = sys.modules["sentencepiece"] = None  # a reader that has neither installed
+import transformers
+tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
+print(json.dumps([tokenizer(text)["input_ids"] for text in json.loads(sys.argv[2])]))
+"""
+
+
+def test_the_embedded_model_exports_a_tokenizer_json_that_transformers_reads_without_protobuf(tmp_path):
+    """transformers 5 reads a tokenizer.model-only folder through protobuf; tokenizer.json spares its readers that."""
+    import subprocess
+    import sys
+
+    embedded = registry.load(registry.EMBEDDED)
+    export.write(embedded, embedded.model, tmp_path / "model", dtype="bfloat16")
+    texts = [*export.PROBES, "Natalia sold 48/2 = <<48/2=24>>24 clips in May.", "  \t\n x ", "Ωmega ≈ 3.14…"]
+    read = subprocess.run([sys.executable, "-c", READ_WITHOUT_PROTOBUF, str(tmp_path / "model"), json.dumps(texts)],
+                          capture_output=True, text=True, timeout=300)
+    assert read.returncode == 0, read.stderr[-2000:]
+    ids = json.loads(read.stdout.strip().splitlines()[-1])
+    assert ids == [[embedded.tokenizer.bos_id(), *embedded.tokenizer.encode(text)] for text in texts]
+
+
+def test_no_tokenizer_json_when_the_conversion_would_encode_differently(tmp_path, caplog):
+    """The tiny model's sentencepiece is not Gemma's BPE: transformers' converter splits its spaces into bytes."""
+    tiny = registry.load(registry.TINY)
+    with caplog.at_level("WARNING"):
+        export.write(tiny, tiny.model, tmp_path / "model", dtype="float32")
+    assert not (tmp_path / "model" / "tokenizer.json").exists() and (tmp_path / "model" / "tokenizer.model").is_file()
+    assert "no tokenizer.json" in caplog.text
