@@ -78,7 +78,7 @@ def prompt_width(prompt_tokens: pl.Series, max_prompt_length: int, multiple: int
 
     Tunix pads every prompt to `RolloutConfig.max_prompt_length` and the update runs the model
     over that width plus max_new_tokens; sized to the data (61-73 token prompts in the
-    embedded run) rather than the limit (256), a GRPO step costs about half as much.
+    embedded run) rather than the limit (256), its GRPO steps took 25 s instead of 36 s.
     """
     longest = int(prompt_tokens.max() or 1)
     return min(max_prompt_length, -(-longest // multiple) * multiple)
