@@ -207,6 +207,7 @@ def train(loaded: registry.LoadedModel, actor: Any, reference: Any, kept: pl.Dat
           device_mesh: Any = None) -> tuple[Any, GrpoStats]:
     """GRPO on the kept prompts; returns (trained LoRA actor, stats without row counts).
 
+    `kept` carries `prompt_tokens` (`prompt_lengths`): rollouts and updates pad to the longest.
     `device_mesh` is the mesh actor and reference were read onto (default: `mesh.create(config.mesh)`).
     """
     from tunix.rl.grpo import grpo_learner
@@ -222,8 +223,6 @@ def train(loaded: registry.LoadedModel, actor: Any, reference: Any, kept: pl.Dat
     log = sft.MetricsLog(stage_dir / sft.METRICS_LOG, [])
     recorder = _StepRecorder(log, loaded.tokenizer)
     device_mesh = device_mesh if device_mesh is not None else mesh.create(config.mesh)
-    if "prompt_tokens" not in kept.columns:
-        kept = prompt_lengths(kept, loaded.tokenizer)
     stats.prompt_width = prompt_width(kept["prompt_tokens"], grpo.max_prompt_length)
     cluster = _cluster(actor, reference, loaded, config, folder, device_mesh, stats.prompt_width)
     trainer = cluster.actor_trainer
