@@ -32,7 +32,8 @@ class Generated:
     ids: tuple[int, ...] = ()  # the completion's token ids, cut where the text is (stop id excluded)
 
 
-def _round_up(n: int, to: int) -> int:
+def round_up(n: int, to: int) -> int:
+    """n rounded up to a multiple of `to`: the padded lengths that keep compiled shapes few."""
     return -(-n // to) * to
 
 
@@ -165,10 +166,10 @@ class Decoder:
         levels = _shared_levels(encoded, bucket)
         starts = [max(lv, default=0) for lv in levels]
         self.shared_starts = starts
-        steps = _round_up(max_new_tokens, CHUNK)
+        steps = round_up(max_new_tokens, CHUNK)
         # Room for every padded write (a write pads by less than 4 buckets) and each row's new tokens; it
         # depends on the longest prompt only, so calls with similar prompts reuse the compiled code.
-        size = _round_up(max(len(e) for e in encoded) + 4 * bucket, 4 * bucket) + steps
+        size = round_up(max(len(e) for e in encoded) + 4 * bucket, 4 * bucket) + steps
         if size not in self._compiled:
             self._compiled[size] = _compile(self._layers, size, CHUNK)
         extend, place, decode = self._compiled[size]
@@ -277,7 +278,7 @@ def _shared_levels(encoded: list[list[int]], bucket: int) -> list[list[int]]:
 
 def _length_bucket(n: int, bucket: int) -> int:
     """Tokens to pad a write of n to: whole buckets up to 4 of them, then whole blocks of 4 (few compiled shapes)."""
-    return _round_up(max(n, 1), bucket if n <= 4 * bucket else 4 * bucket)
+    return round_up(max(n, 1), bucket if n <= 4 * bucket else 4 * bucket)
 
 
 def _common_prefix(rows: list[list[int]]) -> int:

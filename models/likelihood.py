@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.decode import round_up
 from models.registry import LoadedModel
 from models.tokenizer import bos_prefix
 
@@ -34,7 +35,7 @@ def teacher_forced(loaded: LoadedModel, texts: list[str], *, bucket: int = 64, b
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     for lo in range(0, len(order), batch):
         rows = order[lo : lo + batch]
-        length = -(-max(len(encoded[i]) for i in rows) // bucket) * bucket  # one compile per bucket
+        length = round_up(max(len(encoded[i]) for i in rows), bucket)  # one compile per bucket
         tokens = np.zeros((batch, length), dtype=np.int32)  # fixed batch size: no recompile for the last one
         mask = np.zeros((batch, length), dtype=np.int32)
         for r, i in enumerate(rows):

@@ -17,14 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from models.decode import TOP_K, Decoder, Generated, cut_at_stop
+from models.decode import TOP_K, Decoder, Generated, cut_at_stop, round_up
 from models.tokenizer import bos_prefix
 
 logger = logging.getLogger(__name__)
-
-
-def _round_up(n: int, to: int) -> int:
-    return -(-n // to) * to
 
 
 class SamplerDecoder:
@@ -53,8 +49,8 @@ class SamplerDecoder:
             return []
         stop_ids = tuple(stop_ids) or (self.tokenizer.eos_id(),)
         lengths = [len(bos_prefix(self.tokenizer)) + len(self.tokenizer.encode(p)) for p in prompts]
-        prompt_length = _round_up(max(lengths), bucket)
-        sampler = self._sampler(_round_up(prompt_length + max_new_tokens, bucket))
+        prompt_length = round_up(max(lengths), bucket)
+        sampler = self._sampler(round_up(prompt_length + max_new_tokens, bucket))
         width = max(1, min(slots, len(prompts)))
         results: list[Generated] = []
         for lo in range(0, len(prompts), width):

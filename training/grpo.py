@@ -27,7 +27,7 @@ import polars as pl
 from curation import store
 from curation.config import Config
 from models import registry
-from models.decode import cut_at_stop
+from models.decode import cut_at_stop, round_up
 from models.tokenizer import bos_prefix
 from training import evaluate, export, lora, mesh, rewards, sft
 
@@ -81,7 +81,7 @@ def prompt_width(prompt_tokens: pl.Series, max_prompt_length: int, multiple: int
     embedded run) rather than the limit (256), its GRPO steps took 25 s instead of 36 s.
     """
     longest = int(prompt_tokens.max() or 1)
-    return min(max_prompt_length, -(-longest // multiple) * multiple)
+    return min(max_prompt_length, round_up(longest, multiple))
 
 
 def batches(frame: pl.DataFrame, *, steps: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:

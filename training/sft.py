@@ -28,6 +28,7 @@ import polars as pl
 from curation import build, store
 from curation.config import Config
 from models import registry
+from models.decode import round_up
 from models.tokenizer import bos_prefix
 from training import export, lora, mesh
 
@@ -289,7 +290,7 @@ def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, con
     rows = {split: list(zip(part["ids"].to_list(), part["n_prompt"].to_list()))
             for split in ("train", "validation") for part in [kept.filter(pl.col("split") == split)]}
     longest = max((len(ids) for part in rows.values() for ids, _ in part), default=1)
-    length = min(-(-longest // BUCKET) * BUCKET, -(-sft.max_length // BUCKET) * BUCKET)
+    length = min(round_up(longest, BUCKET), round_up(sft.max_length, BUCKET))
     lora_model = lora.apply(loaded.model, sft.lora, seed=config.seed)
     stats = SftStats(rows_in=0, kept=0, rejected=0, train_rows=len(rows["train"]),
                      validation_rows=len(rows["validation"]), seq_length=length)
