@@ -9,6 +9,9 @@ another version may be in progress. Readers (`distillery card`, the UI) take no 
 Re-entrant within a process: `curate-and-train` holds it, and each stage it runs takes it
 again. A flow that hands a stage to another process (a TPU work pool) names itself as the
 holder the child may inherit from.
+
+Whoever takes the lock afresh is the folder's only writer, so it first removes the temp files
+and staging folders that killed writers left (`store.remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from curation import store
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +128,9 @@ def hold(run_dir: Path, what: str, *, flow_run_id: str | None = None, wait: bool
     with _registry:
         _held[path] = (fd, 1)
     try:
+        if removed := store.remove_leftovers(path.parent):
+            logger.warning("%s: removed %d temp file(s) and staging folder(s) that killed writers left: %s",
+                           path.parent, len(removed), ", ".join(str(p.relative_to(path.parent)) for p in removed[:5]))
         yield holder(path)
     finally:
         _release(path)

@@ -15,6 +15,8 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -55,6 +57,32 @@ def _write_temp(path: Path, payload: bytes) -> Path:
             os.unlink(tmp)
         raise
     return Path(tmp)
+
+
+# What `_write_temp` and `models.files.staged_folder` name their temp files and staging folders:
+# ".<name>." + mkstemp/mkdtemp's 8 random characters (+ ".tmp" for a file).
+_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}(?P<tmp>\.tmp)?")
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temp files and staging folders that killed writers left under `folder`; what was removed.
+
+    Only for a caller that is the folder's sole writer (the run lock's holder): a live
+    writer's temp file looks the same.
+    """
+    removed = []
+    for path in sorted(folder.rglob(".*")) if folder.is_dir() else []:
+        match = _LEFTOVER.fullmatch(path.name)
+        if match is None or not path.exists():  # gone with a staging folder removed before it
+            continue
+        if match["tmp"] and path.is_file():
+            path.unlink(missing_ok=True)
+        elif not match["tmp"] and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,20 +18,14 @@ def sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def staged_folder(target: Path, *, sole_writer: bool = False) -> Iterator[Path]:
+def staged_folder(target: Path) -> Iterator[Path]:
     """Yield an empty folder beside `target` that replaces `target` when the block succeeds.
 
     A process killed mid-write leaves only a hidden staging folder, never a half-written
-    `target`; an exception removes the staging folder and leaves `target` as it was. With
-    `sole_writer` (the caller holds the only right to write `target`, as a run's lock gives),
-    staging folders that killed writers left beside it are removed first.
+    `target`; an exception removes the staging folder and leaves `target` as it was. (The
+    next holder of a run's lock removes what killed writers left: `curation.store.remove_leftovers`.)
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    if sole_writer:
-        staged = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}")  # mkdtemp's names, below
-        for stale in target.parent.iterdir():
-            if staged.fullmatch(stale.name) and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         yield staging

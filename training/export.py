@@ -262,7 +262,7 @@ def write(loaded: Any, model: Any, out_dir: Path, *, dtype: str) -> list[str]:
             generation = {"bos_token_id": tokenizer.bos_id(), "eos_token_id": list(loaded.stop_ids or
                                                                                    (tokenizer.eos_id(),)),
                           "pad_token_id": tokenizer.pad_id()}
-        with staged_folder(out_dir, sole_writer=True) as staging:  # a killed export leaves no half-written model folder
+        with staged_folder(out_dir) as staging:  # a killed export leaves no half-written model folder
             save_file(out, str(staging / "model.safetensors"), metadata={"format": "pt"})
             store.write_json(hf_config(loaded, vocab=vocab, dtype=dtype), staging / "config.json")
             _tokenizer_files(loaded, staging)  # the source's generation_config.json among them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,40 @@ def test_a_second_writer_fails_naming_the_holder_and_a_dead_holder_is_taken_over
         assert me.pid == os.getpid() and me.what == "stage after"
     assert f"taking over the lock left by pid {child.pid}" in caplog.text and "its process is gone" in caplog.text
     assert (tmp_path / "runs" / "demo" / ".distillery.lock").read_text() == ""  # released cleanly
+
+
+KILLED_MID_WRITE = (
+    "import sys, time; from pathlib import Path; from curation import runlock, store; from models import files\n"
+    "run_dir = Path(sys.argv[1])\n"
+    "with runlock.hold(run_dir, 'stage sft'), files.staged_folder(run_dir / 'sft' / 'model') as staging:\n"
+    "    (staging / 'model.safetensors').write_bytes(b'half')\n"
+    "    store._write_temp(run_dir / 'filter' / 'data.parquet', b'half')\n"
+    "    print('writing', flush=True); time.sleep(60)\n")
+
+
+def test_the_next_holder_removes_what_a_killed_writer_left_and_nothing_else(tmp_path, caplog):
+    run_dir = tmp_path / "runs" / "demo" / "v1"
+    bystanders = [run_dir / "filter" / "data.parquet", run_dir / "filter" / ".notes.tmp",
+                  run_dir / "sft" / ".model.json.tmp", tmp_path / "runs" / "demo" / "v0" / "stats.json"]
+    for path in bystanders:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("kept")
+    (run_dir / "sft" / ".cache.abcd1234.d").mkdir()  # a folder of someone else's: not our name
+    child = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()
+    child.wait()
+    leftovers = sorted(p.name for p in (tmp_path / "runs").rglob(".*")
+                       if re.fullmatch(r"\.\w.*\.\w{8}(\.tmp)?", p.name))
+    assert len(leftovers) == 2 and leftovers[0].startswith(".data.parquet.") and leftovers[1].startswith(".model.")
+    with caplog.at_level("WARNING"), runlock.hold(run_dir, "stage sft"):
+        pass
+    assert "removed 2 temp file(s) and staging folder(s) that killed writers left" in caplog.text
+    after = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert after == sorted(str(p.relative_to(tmp_path)) for p in [*bystanders, runlock.lock_path(run_dir)])
+    assert (run_dir / "sft" / ".cache.abcd1234.d").is_dir() and not (run_dir / "sft" / "model").exists()
+    with runlock.hold(run_dir, "flow"), runlock.hold(run_dir, "stage"):  # nothing left: nothing said
+        pass
 
 
 def test_the_lock_is_reentrant_in_a_process_and_inherited_by_a_handed_off_stage(tmp_path):

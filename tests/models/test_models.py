@@ -270,20 +270,3 @@ def test_continuous_batching_gives_every_prompt_its_text_alone(tiny):
     assert [g.completion_tokens for g in together] == [g.completion_tokens for g in alone]
     assert sorted(finished) == [(i, g.text) for i, g in enumerate(alone)]  # each reported once, as it ended
     assert len({g.completion_tokens for g in alone}) > 1  # the rows did end at different steps
-
-
-def test_a_sole_writer_removes_the_staging_folders_of_killed_writers_and_nothing_else(tmp_path):
-    """A SIGKILL mid-export leaves `.model.XXXXXXXX`; the next export under the run's lock clears it."""
-    stale = tmp_path / ".model.abcd1234"
-    (stale / "part").mkdir(parents=True)
-    kept = [tmp_path / ".model.json.tmp", tmp_path / ".models.abcd1234", tmp_path / "model.abcd1234"]
-    for path in kept:
-        path.mkdir()
-    with files.staged_folder(tmp_path / "model") as staging:  # not the sole writer: others' folders stay
-        (staging / "a").write_text("1")
-    assert stale.is_dir()
-    with files.staged_folder(tmp_path / "model", sole_writer=True) as staging:
-        (staging / "a").write_text("2")
-    assert not stale.exists() and all(path.is_dir() for path in kept)
-    assert (tmp_path / "model" / "a").read_text() == "2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", *(p.name for p in kept)])
