@@ -14,9 +14,11 @@ beside a number that no checked claim used): variables and value-changing words 
 "2 dozen = 24"), claims after a connective or label ("3 times 4 = 12", "Week 2 = 35 + 35"), dates, times,
 ratios, ranges, ordinals, division by zero, huge or irrational powers, "100 - 20%", sums of different
 measures, conversions ("1 hour = 60 minutes", "$1 / 2 = 50 cents"), labels ("Area of 4 bedrooms = 121 * 4")
-and prose restatements ("4 = 4"). Measured: 27 of GSM8K train's 7,473 answers flagged, each a real slip of
-GSM8K's own ("14*20=140"). The guards come from false alarms seen there, in GSM8K test and MATH-500
-solutions, and in the hand-written look-alikes of tests/curation/test_steps.py.
+and prose restatements ("4 = 4"). A chain whose first side is such a tail still has its later links
+checked ("a_5 = 2 + 4 \\cdot 3 = 14", "f(2) = 2^2 + 1 = 5"); LaTeX's alignment "&=" reads as "=".
+Measured: 27 of GSM8K train's 7,473 answers flagged, each a real slip of GSM8K's own ("14*20=140").
+The guards come from false alarms seen there, in GSM8K test and MATH-500 solutions, and in the
+hand-written look-alikes of tests/curation/test_steps.py.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ _TOKEN = re.compile(
     |(?P<mixed>(?:[$€£¥]\s*)?\d+\s+(?:and\s+)?(?:[$€£¥]\s*)?(?:\([1-9]\d*/\d+\)|[1-9]\d*/\d+)(?![\d/.]))
     |(?P<num>(?:(?:[$€£¥]|\\\$)\s*)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[ ]\d{3})+(?!\d)|\d+|(?<![\w.])(?=\.\d))
         (?:\.\d+(?:\.\.\.|…)?)?(?:\s*(?:\\?%|percent\b))?)
-    |(?P<other>\\[][()])
+    |(?P<other>\\[][()]|\\(?:begin|end)\{[A-Za-z*]*\})
     |(?P<op>\*\*|[-+*/^×÷·⋅−]|(?<=\s)–(?=\s)|\\(?:times|cdot|div)(?![A-Za-z]))
     |(?P<frac>\\[dt]?frac(?![A-Za-z]))
     |(?P<lp>\\left\(|[({\[])
@@ -53,6 +55,7 @@ _MIXED = re.compile(r"\D*(\d+)\D+(\d+)/(\d+)")
 _ANNOTATION = re.compile(r"<<([^<>\n]*)>>")
 _DIGIT, _LINE = re.compile(r"\d"), re.compile(r"[^\n]+")
 _RELATION = re.compile(r"[=≈≃~]|approx")
+_ALIGNED = re.compile(r"&(?=\s*(?:=|≈|\\approx(?![A-Za-z])))")
 _OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "·": "*", "⋅": "*", "\\times": "*",
         "\\cdot": "*", "/": "/", "÷": "/", "\\div": "/", "^": "^", "**": "^"}
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "of": 2, "implicit": 2, "^": 3}
@@ -129,6 +132,8 @@ def check(text: str) -> StepReport:
     if "<<" in text:
         segments = [(text, m.start(1), m.end(1), True) for m in _ANNOTATION.finditer(text)]
         prose = _ANNOTATION.sub(lambda m: " " * len(m.group()), text)  # same length: offsets hold
+    if "&" in prose:  # LaTeX alignment, "12 \\times 15 &= 180 \\\\": a space, so the claim reads on
+        prose = _ALIGNED.sub(" ", prose)
     segments += [(prose, *m.span(), False) for m in _LINE.finditer(prose) if _RELATION.search(m.group())]
     checked = skipped = 0
     false: list[str] = []
@@ -182,7 +187,11 @@ def _check_segment(text: str, lo: int, hi: int, note: bool) -> tuple[int, int, l
                 continue
             sides, rels, e = claim
             verdict = None
-            if _left_ok(text, toks, j, lo, e) and _right_ok(text, toks, e, hi):
+            if not _left_ok(text, toks, j, lo, e):
+                if len(rels) > 1:  # "a_5 = 2 + 4 \cdot 3 = 14": the first side is a tail, the rest still claims
+                    j = next(k for k in range(j, e) if toks[k] is rels[0]) + 1
+                    continue
+            elif _right_ok(text, toks, e, hi):
                 verdict = _judge(sides, rels, note, remainder="remain" in text[toks[e - 1].end : hi])
         except _Symbolic:
             j += 1

@@ -46,6 +46,10 @@ GSM8K_TRAIN_FLAGGED = 27
                      id="latex"),
         pytest.param("6 \\div 4 = 1.5", "6 \\cdot 4 = 23", "6 \\cdot 4 = 23", id="latex-div-cdot"),
         pytest.param("<<48/2=24>>", "<<48/2=26>>", "48/2=26", id="annotation"),
+        pytest.param("a_5 = 2 + 4 \\cdot 3 = 14", "a_5 = 2 + 4 \\cdot 3 = 16", "2 + 4 \\cdot 3 = 16",
+                     id="chain-after-a-subscript"),
+        pytest.param("f(2) = 2^2 + 1 = 5", "f(2) = 2^2 + 1 = 6", "2^2 + 1 = 6", id="chain-after-a-function"),
+        pytest.param("12 \\times 15 &= 180", "12 \\times 15 &= 190", "12 \\times 15 &= 190", id="latex-aligned"),
     ],
 )
 def test_a_true_claim_passes_and_its_false_twin_is_flagged_as_written(true, false, claim):
@@ -131,10 +135,18 @@ def test_a_claim_it_cannot_evaluate_is_counted_as_skipped_not_flagged(text):
         "between 1.5~2.5 kg",  # "~" as a range
         "Arthur is 11am + 3 = 2pm",  # clock time
         "90 crocus bulbs at $.50 = $45.00",  # a price per item, not "$.50 = $45"
+        "\\lceil (3.6)^2 \\rceil = \\lceil 12.96 \\rceil = 13",  # a ceiling, not "12.96 = 13"
+        "\\log_2 8 = 3 = 1 + 2",  # a logarithm, not "8 = 3"
+        "Q&A = 5 + 3",  # an ampersand in prose, not alignment
     ],
 )
 def test_no_false_alarm_on_things_that_look_like_claims(text):
     assert false_claims(text) == []
+
+
+def test_a_latex_aligned_environment_is_read_line_by_line():
+    text = "$$\\begin{aligned} 12 \\times 15 &= 180 \\\\ 180 + 20 &= 210 \\end{aligned}$$"
+    assert check(text) == StepReport(checked=2, skipped=0, false=["180 + 20 &= 210"])
 
 
 def test_check_and_false_claims_agree_and_report_is_frozen():
