@@ -38,7 +38,8 @@ _TOKEN = re.compile(
     |(?P<word>[A-Za-z]+(?:'[a-z]+)?)
     |(?P<block>\d{4}-\d\d?-\d\d?|\d\d?/\d\d?/\d{4}|\d\d?:\d\d|\d+(?:st|nd|rd|th)\b|0\d+)
     |(?P<mixed>(?:[$€£¥]\s*)?\d+\s+(?:and\s+)?(?:[$€£¥]\s*)?(?:\([1-9]\d*/\d+\)|[1-9]\d*/\d+)(?![\d/.]))
-    |(?P<num>(?:(?:[$€£¥]|\\\$)\s*)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[ ]\d{3})+(?!\d)|\d+|(?<![\w.])(?=\.\d))
+    |(?P<num>(?:(?:[$€£¥]|\\\$)\s*)?
+        (?:\d{1,3}(?:(?:,|\{,\})\d{3})+(?!\d)|\d{1,3}(?:[ ]\d{3})+(?!\d)|\d+|(?<![\w.])(?=\.\d))
         (?:\.\d+(?:\.\.\.|…)?)?(?:\s*(?:\\?%|percent\b))?)
     |(?P<other>\\[][()]|\\(?:begin|end)\{[A-Za-z*]*\})
     |(?P<op>\*\*|[-+*/^×÷·⋅−]|(?<=\s)–(?=\s)|\\(?:times|cdot|div)(?![A-Za-z]))
@@ -50,7 +51,8 @@ _TOKEN = re.compile(
     re.X,
 )
 _NUM = re.compile(
-    r"(?P<cur>[$€£¥]|\\\$)?\s*(?P<int>\d[\d, ]*|)(?:\.(?P<dec>\d+))?(?:\.\.\.|…)?\s*(?P<pct>\\?%|percent)?")
+    r"(?P<cur>[$€£¥]|\\\$)?\s*(?P<int>\d(?:[\d, ]|\{,\})*|)"  # "1,080", "80 000", LaTeX's "1{,}080"
+    r"(?:\.(?P<dec>\d+))?(?:\.\.\.|…)?\s*(?P<pct>\\?%|percent)?")
 _MIXED = re.compile(r"\D*(\d+)\D+(\d+)/(\d+)")
 _ANNOTATION = re.compile(r"<<([^<>\n]*)>>")
 _DIGIT, _LINE = re.compile(r"\d"), re.compile(r"[^\n]+")
@@ -66,7 +68,7 @@ _NOT_UNITS = frozenset(
     "billion billions trillion half halves third thirds quarter quarters twice double triple percent is are "
     "was were be equals equal gives makes because so then thus hence which that this it he she they we you "
     "the an in on at for with after before if but not there here now also total left remaining only just "
-    "about am pm".split())
+    "about am pm means mean becomes yields costs".split())
 # A claim right after one of these ends a verbal computation: "3 times 4 + 1 = 13".
 _CONNECTIVES = frozenset(
     "times plus minus over by than into from divided multiplied per twice thrice double triple half less more "
@@ -389,7 +391,7 @@ def _literal(s: str) -> _Lit:
     if "/" in s:  # a mixed number; the tokenizer made sure it is proper
         whole, top, bottom = map(int, _MIXED.match(s).groups())
         return _Lit(Fraction(whole * bottom + top, bottom), Fraction(0), 0, False, True, currency)
-    digits, dec = m["int"].replace(",", "").replace(" ", "") or "0", m["dec"] or ""
+    digits, dec = re.sub(r"[, {}]", "", m["int"]) or "0", m["dec"] or ""
     value, ulp = Fraction(int(digits + dec), 10 ** len(dec)), Fraction(1, 10 ** len(dec)) if dec else Fraction(0)
     zeros = len(digits) - len(digits.rstrip("0")) if not dec and digits.strip("0") else 0
     if m["pct"]:

@@ -50,6 +50,9 @@ GSM8K_TRAIN_FLAGGED = 27
                      id="chain-after-a-subscript"),
         pytest.param("f(2) = 2^2 + 1 = 5", "f(2) = 2^2 + 1 = 6", "2^2 + 1 = 6", id="chain-after-a-function"),
         pytest.param("12 \\times 15 &= 180", "12 \\times 15 &= 190", "12 \\times 15 &= 190", id="latex-aligned"),
+        pytest.param("1{,}080 / 2 = 540", "1{,}080 / 2 = 530", "1{,}080 / 2 = 530", id="latex-thousands"),
+        pytest.param("20% off $50 means $50 × 0.8 = $40", "20% off $50 means $50 × 0.8 = $45", "$50 × 0.8 = $45",
+                     id="a-verb-is-not-a-unit"),
     ],
 )
 def test_a_true_claim_passes_and_its_false_twin_is_flagged_as_written(true, false, claim):
