@@ -1,24 +1,24 @@
 """Exact arithmetic step checker: which arithmetic claims in a reasoning trace are false.
 
 A claim is `side REL side [REL side ...]`: numbers joined by + - * / ^ (x × ÷ · **, \\times \\cdot \\div
-\\frac{a}{b}, "p% of y", brackets); REL is `=` or ≈ (~=, = ~, approx, \\approx); GSM8K notes `<<48/2=24>>`
-count too. Sides become a small AST evaluated with `Fraction` (never `eval`). A link holds when it is equal,
-or: `=` with a bare decimal of d places that the other side rounds or truncates to (|a - c| <= 0.5 * 10**-d,
-or < 10**-d toward zero: GSM8K writes `<<10/3=3.33>>`, "66.666...%"); `≈` within max(half a unit in the last
-written place, 1% of the larger side), an integer's last place being its last non-zero digit ("≈ 30" allows
-25..35); a `%` read as /100 or as a label ("20% = 0.2", "15 / 90 * 100% = 16.67").
+\\frac{a}{b}, "p% of y", brackets, superscripts "10⁻³"); REL is `=` or ≈ (~=, = ~, approx, \\approx); GSM8K
+notes `<<48/2=24>>` count too. Sides become a small AST evaluated with `Fraction` (never `eval`). A link holds
+when it is equal, or: `=` with a bare decimal of d places that the other side rounds or truncates to (|a - c|
+<= 0.5 * 10**-d, or < 10**-d toward zero: GSM8K writes `<<10/3=3.33>>`, "66.666...%"); `≈` within max(half a
+unit in the last written place, 1% of the larger side), an integer's last place being its last non-zero digit
+("≈ 30" allows 25..35); a `%` read as /100 or as a label ("20% = 0.2", "15 / 90 * 100% = 16.67").
 Read as people write: "28 / 1/5 = 140" (a tight 1/5 is one number), mixed numbers "1 1/2", "80 000",
-a spaced "–" as minus, units "cars/row" and "per hour", running totals "3/2 = 1.50 + 3 = 4.50", and
-"13 / 6 = 2" when the line speaks of a remainder. Skipped, never guessed (`skipped` counts relation signs
-beside a number that no checked claim used): variables and value-changing words ("x = 5", "n + 1 = 6",
-"2 dozen = 24"), claims after a connective or label ("3 times 4 = 12", "Week 2 = 35 + 35"), dates, times,
-ratios, ranges, ordinals, division by zero, huge or irrational powers, "100 - 20%", sums of different
-measures, conversions ("1 hour = 60 minutes", "$1 / 2 = 50 cents"), labels ("Area of 4 bedrooms = 121 * 4")
-and prose restatements ("4 = 4"). A chain whose first side is such a tail still has its later links
-checked ("a_5 = 2 + 4 \\cdot 3 = 14", "f(2) = 2^2 + 1 = 5"); LaTeX's alignment "&=" reads as "=".
-Measured: 27 of GSM8K train's 7,473 answers flagged, each a real slip of GSM8K's own ("14*20=140").
-The guards come from false alarms seen there, in GSM8K test and MATH-500 solutions, and in the
-hand-written look-alikes of tests/curation/test_steps.py.
+"1{,}080", list markers "1) 3 + 4 = 7", a spaced "–" as minus, units "cars/row" and "per hour", running totals
+"3/2 = 1.50 + 3 = 4.50", and "13 / 6 = 2" when the line speaks of a remainder. Skipped, never guessed
+(`skipped` counts relation signs beside a number that no checked claim used): variables and value-changing
+words ("x = 5", "n + 1 = 6", "2 dozen = 24"), claims after a connective or label ("3 times 4 = 12", "Week 2 =
+35 + 35"), dates, times, ratios, ranges, ordinals, division by zero, huge or irrational powers, "100 - 20%",
+sums of different measures, conversions ("1 hour = 60 minutes", "$1 / 2 = 50 cents"), labels ("Area of 4
+bedrooms = 121 * 4") and prose restatements ("4 = 4"). A chain whose first side is such a tail still has its
+later links checked ("a_5 = 2 + 4 \\cdot 3 = 14", "f(2) = 2^2 + 1 = 5"); LaTeX's alignment "&=" reads as "=".
+Measured: 27 of GSM8K train's 7,473 answers flagged, each a real slip of GSM8K's own ("14*20=140"). The guards
+come from false alarms seen there, in GSM8K test and MATH-500 solutions, and in the hand-written look-alikes
+of tests/curation/test_steps.py.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ _TOKEN = re.compile(
         (?:\d{1,3}(?:(?:,|\{,\})\d{3})+(?!\d)|\d{1,3}(?:[ ]\d{3})+(?!\d)|\d+|(?<![\w.])(?=\.\d))
         (?:\.\d+(?:\.\.\.|…)?)?(?:\s*(?:\\?%|percent\b))?)
     |(?P<other>\\[][()]|\\(?:begin|end)\{[A-Za-z*]*\})
+    |(?P<sup>⁻?[⁰¹²³⁴⁵⁶⁷⁸⁹]+)
     |(?P<op>\*\*|[-+*/^×÷·⋅−]|(?<=\s)–(?=\s)|\\(?:times|cdot|div)(?![A-Za-z]))
     |(?P<frac>\\[dt]?frac(?![A-Za-z]))
     |(?P<lp>\\left\(|[({\[])
@@ -57,6 +58,7 @@ _MIXED = re.compile(r"\D*(\d+)\D+(\d+)/(\d+)")
 _ANNOTATION = re.compile(r"<<([^<>\n]*)>>")
 _DIGIT, _LINE = re.compile(r"\d"), re.compile(r"[^\n]+")
 _RELATION = re.compile(r"[=≈≃~]|approx")
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 _ALIGNED = re.compile(r"&(?=\s*(?:=|≈|\\approx(?![A-Za-z])))")
 _OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "·": "*", "⋅": "*", "\\times": "*",
         "\\cdot": "*", "/": "/", "÷": "/", "\\div": "/", "^": "^", "**": "^"}
@@ -155,6 +157,12 @@ def _tokenize(text: str, lo: int, hi: int) -> list[_Tok]:
         if kind == "mixed":
             _, top, bottom = map(int, _MIXED.match(word).groups())
             kind = "num" if top < bottom else "block"
+        elif kind == "sup":  # "5²", "10⁻³": a power written as superscript, split into ^, sign and digits
+            toks.append(_tok(("op", start, start, "^")))
+            if word[0] == "⁻":
+                toks.append(_tok(("op", start, start + 1, "-")))
+                start += 1
+            kind, word = "num", word.lstrip("⁻").translate(_SUPERSCRIPTS)
         elif kind == "rel" and word == "~" and not (toks and toks[-1].kind == "rel"):
             kind = "junk"  # a lone "~" may be a range ("1.5~2.5"); "= ~3.3" is approximate
         elif kind == "rel":
@@ -237,6 +245,9 @@ def _left_ok(text: str, toks: list[_Tok], j: int, lo: int, e: int) -> bool:
         return False  # ".8 + . 84": a decimal broken by a space
     if prev.text == "," and before is not None and before.kind == "num" and before.end == prev.start:
         return not (len(before.text) <= 3 and len(toks[j].text) == 3)  # "14, 400": a stray space
+    if prev.text == ")" and (j == 2 or (j == 3 and toks[0].text == "(")) and before.end == prev.start and (
+            (before.kind == "num" and before.text.isdigit()) or (before.kind == "word" and len(before.text) == 1)):
+        return True  # a list marker opens the line: "1) 3 + 4 = 7", "(b) 2 * 5 = 10"
     return prev.kind not in ("num", "block", "rp", "cmd")  # "(1/2) 278 + 11", "5\\star 1 = 9"
 
 

@@ -50,6 +50,8 @@ GSM8K_TRAIN_FLAGGED = 27
                      id="chain-after-a-subscript"),
         pytest.param("f(2) = 2^2 + 1 = 5", "f(2) = 2^2 + 1 = 6", "2^2 + 1 = 6", id="chain-after-a-function"),
         pytest.param("12 \\times 15 &= 180", "12 \\times 15 &= 190", "12 \\times 15 &= 190", id="latex-aligned"),
+        pytest.param("5² = 25", "5² = 24", "5² = 24", id="superscript-power"),
+        pytest.param("2 × 10⁻³ = 0.002", "2 × 10⁻³ = 0.02", "2 × 10⁻³ = 0.02", id="superscript-negative-power"),
         pytest.param("1{,}080 / 2 = 540", "1{,}080 / 2 = 530", "1{,}080 / 2 = 530", id="latex-thousands"),
         pytest.param("20% off $50 means $50 × 0.8 = $40", "20% off $50 means $50 × 0.8 = $45", "$50 × 0.8 = $45",
                      id="a-verb-is-not-a-unit"),
@@ -141,6 +143,8 @@ def test_a_claim_it_cannot_evaluate_is_counted_as_skipped_not_flagged(text):
         "\\lceil (3.6)^2 \\rceil = \\lceil 12.96 \\rceil = 13",  # a ceiling, not "12.96 = 13"
         "\\log_2 8 = 3 = 1 + 2",  # a logarithm, not "8 = 3"
         "Q&A = 5 + 3",  # an ampersand in prose, not alignment
+        "x² = 26 - 1",  # a variable's square
+        "12 cm² = 3 * 4",  # a unit's exponent, as "cm^2"
     ],
 )
 def test_no_false_alarm_on_things_that_look_like_claims(text):
@@ -150,6 +154,11 @@ def test_no_false_alarm_on_things_that_look_like_claims(text):
 def test_a_latex_aligned_environment_is_read_line_by_line():
     text = "$$\\begin{aligned} 12 \\times 15 &= 180 \\\\ 180 + 20 &= 210 \\end{aligned}$$"
     assert check(text) == StepReport(checked=2, skipped=0, false=["180 + 20 &= 210"])
+
+
+def test_a_list_marker_opening_a_line_is_not_part_of_the_claim():
+    text = "1) 3 + 4 = 8\n(b) 2 * 5 = 11\n(1/2) 278 + 11 = 150"  # the last: a factor, not a marker
+    assert check(text) == StepReport(checked=2, skipped=1, false=["3 + 4 = 8", "2 * 5 = 11"])
 
 
 def test_check_and_false_claims_agree_and_report_is_frozen():
