@@ -8,8 +8,9 @@ when it is equal, or: `=` with a bare decimal of d places that the other side ro
 unit in the last written place, 1% of the larger side), an integer's last place being its last non-zero digit
 ("≈ 30" allows 25..35); a `%` read as /100 or as a label ("20% = 0.2", "15 / 90 * 100% = 16.67").
 Read as people write: "28 / 1/5 = 140" (a tight 1/5 is one number), mixed numbers "1 1/2", "80 000",
-"1{,}080", list markers "1) 3 + 4 = 7", a spaced "–" as minus, units "cars/row" and "per hour", running totals
-"3/2 = 1.50 + 3 = 4.50", and "13 / 6 = 2" when the line speaks of a remainder. Skipped, never guessed
+"1{,}080", list markers "1) 3 + 4 = 7", "= 6!" as an exclamation or a factorial, a "$" before a measure as
+LaTeX math ("$ 45 kg + 12 kg = 57 kg $"), a spaced "–" as minus, units "cars/row" and "per hour", running
+totals "3/2 = 1.50 + 3 = 4.50", and "13 / 6 = 2" when the line speaks of a remainder. Skipped, never guessed
 (`skipped` counts relation signs beside a number that no checked claim used): variables and value-changing
 words ("x = 5", "n + 1 = 6", "2 dozen = 24"), claims after a connective or label ("3 times 4 = 12", "Week 2 =
 35 + 35"), dates, times, ratios, ranges, ordinals, division by zero, huge or irrational powers, "100 - 20%",
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -87,6 +89,7 @@ _MONEY = frozenset("cent pennie penny nickel dime quarter dollar".split())
 _MEASURES = _MONEY | frozenset(
     "second sec minute min hour hr day week month year inche inch foot feet yard mile mm cm meter metre km "
     "kilometer ounce oz pound lb gram kg ton tonne cup pint quart gallon liter litre ml teaspoon tablespoon".split())
+_PHYSICAL = _MEASURES - _MONEY
 _GLUE_BEFORE, _PUNCT = frozenset("([{$\"'“‘=*~"), frozenset(".,;:?")
 _MAX_BITS = 20_000  # larger powers are skipped: exact, but not worth the time
 
@@ -202,7 +205,8 @@ def _check_segment(text: str, lo: int, hi: int, note: bool) -> tuple[int, int, l
                     j = next(k for k in range(j, e) if toks[k] is rels[0]) + 1
                     continue
             elif _right_ok(text, toks, e, hi):
-                verdict = _judge(sides, rels, note, remainder="remain" in text[toks[e - 1].end : hi])
+                end = toks[e - 1].end
+                verdict = _judge(sides, rels, note, remainder="remain" in text[end:hi], bang=text[end : end + 1] == "!")
         except _Symbolic:
             j += 1
             continue
@@ -256,9 +260,9 @@ def _right_ok(text: str, toks: list[_Tok], e: int, hi: int) -> bool:
     end = toks[e - 1].end
     if end < hi and not text[end].isspace():
         c, c2 = text[end], text[end + 1 : end + 2]
-        if (c.isalnum() or c in "/^_-−–(!" or (c in ".:" and (c2.isdigit() or c2 == "\\"))
-                or (c == "," and c2.strip())):
-            return False  # "= 5-year", "= 3:4", "= 3!", "= 0.\\overline{3}", "= 729,\\!000"
+        if (c.isalnum() or c in "/^_-−–(" or (c in ".:" and (c2.isdigit() or c2 == "\\"))
+                or (c == "," and c2.strip()) or (c == "!" and c2 != "" and (c2.isalnum() or c2 in "=("))):
+            return False  # "= 5-year", "= 3:4", "= 3!2", "= 0.\\overline{3}", "= 729,\\!000"
     if e < len(toks) and (toks[e].kind in ("num", "block", "frac") or (toks[e].kind == "lp" and toks[e].start == end)
                           or (e + 1 < len(toks) and _is_unit(toks[e]) and toks[e + 1].kind == "num")):
         return False  # "= 8 5% increases", "= 37 \\frac{1}{2}", "= \\frac{1}{4}\\left(", "= 2 hours 30 minutes"
@@ -375,7 +379,9 @@ class _Parser:
                 raise _Symbolic(nxt.text)  # "2x", "3 n + 1", "2 dozen = 24"
         if j > start and nxt is not None and nxt.text in ("/", "^", "**") and nxt.start == toks[j - 1].end:
             raise _Symbolic(toks[j - 1].text)  # "5 minutes/100 meters", "12 cm^2"
-        unit = lit.unit or (toks[start].text.lower().rstrip("s") if j > start + (2 if rate else 0) else "")
+        named = toks[start].text.lower().rstrip("s") if j > start + (2 if rate else 0) else ""
+        # "$ 45 kg + 12 kg": a "$" before a measure opens LaTeX math; it is no currency
+        unit = named if lit.unit == "$" and named in _PHYSICAL else lit.unit or named
         if j > start and (rate == "/" or (nxt is not None and (nxt.kind in ("op", "rel") or op_word))):
             self.i = j  # "5 apples + 3 apples": the units sit inside the expression
         return lit._replace(unit=unit + ("/" + toks[j - 1].text.lower().rstrip("s") if rate else "") or None)
@@ -448,8 +454,12 @@ def _power(a: Fraction, b: Fraction) -> Fraction:
     return a**e
 
 
-def _judge(sides: list[tuple], rels: list[_Tok], note: bool, remainder: bool = False) -> bool | None:
-    """True if every checked link holds, False if one fails, None if there was nothing to check."""
+def _judge(sides: list[tuple], rels: list[_Tok], note: bool, remainder: bool = False,
+           bang: bool = False) -> bool | None:
+    """True if every checked link holds, False if one fails, None if there was nothing to check.
+
+    `bang`: the last side is followed by "!", an exclamation or a factorial ("3 * 2 * 1 = 3!"): both count.
+    """
     lits = [s[1] if s[0] == "lit" else None for s in sides]
     if not note and all(lit is not None and not lit.fancy for lit in lits):
         return None  # in prose "4 = 4" restates a number; a calculator note "<<4=5>>" is a claim
@@ -457,6 +467,10 @@ def _judge(sides: list[tuple], rels: list[_Tok], note: bool, remainder: bool = F
         readings = [[(_value(s), lit)] + ([(_value(s, label=True), lit and lit._replace(
             value=lit.value * 100, ulp=lit.ulp * 100, pct=False))] if _walk(s, lambda x: x.pct) else [])
             for s, lit in zip(sides, lits)]  # "p%" also read as the label p
+        if bang and lits[-1] is None:
+            raise _Unevaluable("an expression before '!': a factorial, or an exclamation")
+        if bang and lits[-1].value.denominator == 1 and 0 <= lits[-1].value <= 1000 and not lits[-1].pct:
+            readings[-1].append((Fraction(math.factorial(int(lits[-1].value))), None))  # larger: no side is that big
         checked = False
         for i, rel in enumerate(rels):
             a, b = lits[i], lits[i + 1]

@@ -52,6 +52,10 @@ GSM8K_TRAIN_FLAGGED = 27
         pytest.param("12 \\times 15 &= 180", "12 \\times 15 &= 190", "12 \\times 15 &= 190", id="latex-aligned"),
         pytest.param("5² = 25", "5² = 24", "5² = 24", id="superscript-power"),
         pytest.param("2 × 10⁻³ = 0.002", "2 × 10⁻³ = 0.02", "2 × 10⁻³ = 0.02", id="superscript-negative-power"),
+        pytest.param("3240 / 60 = 54!", "3240 / 60 = 52!", "3240 / 60 = 52", id="exclamation"),
+        pytest.param("3 * 2 * 1 = 3!", "3 * 2 * 1 = 4!", "3 * 2 * 1 = 4", id="factorial-result"),
+        pytest.param("$ 45 kg + 12 kg = 57 kg $", "$ 45 kg + 12 kg = 54 kg $", "$ 45 kg + 12 kg = 54",
+                     id="units-in-latex-math"),
         pytest.param("1{,}080 / 2 = 540", "1{,}080 / 2 = 530", "1{,}080 / 2 = 530", id="latex-thousands"),
         pytest.param("20% off $50 means $50 × 0.8 = $40", "20% off $50 means $50 × 0.8 = $45", "$50 × 0.8 = $45",
                      id="a-verb-is-not-a-unit"),
@@ -144,6 +148,7 @@ def test_a_claim_it_cannot_evaluate_is_counted_as_skipped_not_flagged(text):
         "\\log_2 8 = 3 = 1 + 2",  # a logarithm, not "8 = 3"
         "Q&A = 5 + 3",  # an ampersand in prose, not alignment
         "x² = 26 - 1",  # a variable's square
+        "4 * 3 * 2 * 1 = (2 + 2)!",  # the factorial of an expression
         "12 cm² = 3 * 4",  # a unit's exponent, as "cm^2"
     ],
 )
