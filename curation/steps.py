@@ -8,18 +8,18 @@ when it is equal, or: `=` with a bare decimal of d places that the other side ro
 unit in the last written place, 1% of the larger side), an integer's last place being its last non-zero digit
 ("≈ 30" allows 25..35); a `%` read as /100 or as a label ("20% = 0.2", "15 / 90 * 100% = 16.67").
 Read as people write: "28 / 1/5 = 140" (a tight 1/5 is one number), mixed numbers "1 1/2", "80 000",
-"1{,}080", list markers "1) 3 + 4 = 7", "= 6!" as an exclamation or a factorial, a "$" before a measure as
-LaTeX math ("$ 45 kg + 12 kg = 57 kg $"), a spaced "–" as minus, units "cars/row" and "per hour", running
-totals "3/2 = 1.50 + 3 = 4.50", and "13 / 6 = 2" when the line speaks of a remainder. Skipped, never guessed
-(`skipped` counts relation signs beside a number that no checked claim used): variables and value-changing
-words ("x = 5", "n + 1 = 6", "2 dozen = 24"), claims after a connective or label ("3 times 4 = 12", "Week 2 =
-35 + 35"), dates, times, ratios, ranges, ordinals, division by zero, huge or irrational powers, "100 - 20%",
-sums of different measures, conversions ("1 hour = 60 minutes", "$1 / 2 = 50 cents"), labels ("Area of 4
-bedrooms = 121 * 4") and prose restatements ("4 = 4"). A chain whose first side is such a tail still has its
-later links checked ("a_5 = 2 + 4 \\cdot 3 = 14", "f(2) = 2^2 + 1 = 5"); LaTeX's alignment "&=" reads as "=".
-Measured: 27 of GSM8K train's 7,473 answers flagged, each a real slip of GSM8K's own ("14*20=140"). The guards
-come from false alarms seen there, in GSM8K test and MATH-500 solutions, and in the hand-written look-alikes
-of tests/curation/test_steps.py.
+"1{,}080", list markers "1) 3 + 4 = 7", markdown `code` and **bold**, "= 6!" as an exclamation or a factorial,
+a "$" before a measure as LaTeX math ("$ 45 kg + 12 kg = 57 kg $"), a spaced "–" as minus, units "cars/row"
+and "per hour", running totals "3/2 = 1.50 + 3 = 4.50", and "13 / 6 = 2" when the line speaks of a remainder.
+Skipped, never guessed (`skipped` counts relation signs beside a number that no checked claim used): variables
+and value-changing words ("x = 5", "n + 1 = 6", "2 dozen = 24"), claims after a connective or label ("3 times
+4 = 12", "Week 2 = 35 + 35"), dates, times, ratios, ranges, ordinals, division by zero, huge or irrational
+powers, "100 - 20%", sums of different measures, conversions ("1 hour = 60 minutes", "$1 / 2 = 50 cents"),
+labels ("Area of 4 bedrooms = 121 * 4") and prose restatements ("4 = 4"). A chain whose first side is such a
+tail still has its later links checked ("a_5 = 2 + 4 \\cdot 3 = 14", "f(2) = 2^2 + 1 = 5"); LaTeX's alignment
+"&=" reads as "=". Measured: 27 of GSM8K train's 7,473 answers flagged, each a real slip of GSM8K's own
+("14*20=140"). The guards come from false alarms seen there, in GSM8K test and MATH-500 solutions, and in the
+hand-written look-alikes of tests/curation/test_steps.py.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ _MEASURES = _MONEY | frozenset(
     "second sec minute min hour hr day week month year inche inch foot feet yard mile mm cm meter metre km "
     "kilometer ounce oz pound lb gram kg ton tonne cup pint quart gallon liter litre ml teaspoon tablespoon".split())
 _PHYSICAL = _MEASURES - _MONEY
-_GLUE_BEFORE, _PUNCT = frozenset("([{$\"'“‘=*~"), frozenset(".,;:?")
+_GLUE_BEFORE, _PUNCT = frozenset("([{$\"'“‘=*~`"), frozenset(".,;:?")
 _MAX_BITS = 20_000  # larger powers are skipped: exact, but not worth the time
 
 
@@ -234,6 +234,8 @@ def _left_ok(text: str, toks: list[_Tok], j: int, lo: int, e: int) -> bool:
     if prev is None:
         return True
     if prev.kind == "op":  # a binary operator whose left operand lies outside the claim
+        if prev.text == "**" and prev.end == start and (prev.start == lo or text[prev.start - 1].isspace()):
+            return True  # markdown bold opens: "So **3 + 4 = 7**"
         return before is None or before.kind in ("lp", "rel") or before.text in _PUNCT
     if prev.kind == "word":
         word = prev.text.lower()
@@ -249,9 +251,12 @@ def _left_ok(text: str, toks: list[_Tok], j: int, lo: int, e: int) -> bool:
         return False  # ".8 + . 84": a decimal broken by a space
     if prev.text == "," and before is not None and before.kind == "num" and before.end == prev.start:
         return not (len(before.text) <= 3 and len(toks[j].text) == 3)  # "14, 400": a stray space
-    if prev.text == ")" and (j == 2 or (j == 3 and toks[0].text == "(")) and before.end == prev.start and (
+    if prev.text == ")" and before.end == prev.start and (
             (before.kind == "num" and before.text.isdigit()) or (before.kind == "word" and len(before.text) == 1)):
-        return True  # a list marker opens the line: "1) 3 + 4 = 7", "(b) 2 * 5 = 10"
+        opener = toks[j - 3] if j > 2 else None  # a list marker: "1) 3 + 4 = 7", "Case 2) ...", "(b) ..."
+        if opener is not None and opener.text == "(":
+            return j == 3 or toks[j - 4].kind == "word"
+        return not any(t.kind == "lp" for t in toks[: j - 2])  # not "(1/2) 278 + 11"
     return prev.kind not in ("num", "block", "rp", "cmd")  # "(1/2) 278 + 11", "5\\star 1 = 9"
 
 
@@ -266,8 +271,9 @@ def _right_ok(text: str, toks: list[_Tok], e: int, hi: int) -> bool:
     if e < len(toks) and (toks[e].kind in ("num", "block", "frac") or (toks[e].kind == "lp" and toks[e].start == end)
                           or (e + 1 < len(toks) and _is_unit(toks[e]) and toks[e + 1].kind == "num")):
         return False  # "= 8 5% increases", "= 37 \\frac{1}{2}", "= \\frac{1}{4}\\left(", "= 2 hours 30 minutes"
-    return not (e + 1 < len(toks) and toks[e].kind == "op"
-                and toks[e + 1].kind in ("num", "lp", "word", "frac", "cmd", "block"))
+    if e + 1 < len(toks) and toks[e].kind == "op" and toks[e + 1].kind in ("num", "lp", "word", "frac", "cmd", "block"):
+        return toks[e].text == "**" and toks[e].start == end and toks[e + 1].start > toks[e].end  # "**7** apples"
+    return True
 
 
 class _Parser:
@@ -377,8 +383,9 @@ class _Parser:
         if nxt is not None and nxt.kind == "word" and not op_word:
             if nxt.start == toks[j - 1].end or (after is not None and after.kind in ("op", "rel")):
                 raise _Symbolic(nxt.text)  # "2x", "3 n + 1", "2 dozen = 24"
-        if j > start and nxt is not None and nxt.text in ("/", "^", "**") and nxt.start == toks[j - 1].end:
-            raise _Symbolic(toks[j - 1].text)  # "5 minutes/100 meters", "12 cm^2"
+        if (j > start and nxt is not None and nxt.text in ("/", "^", "**") and nxt.start == toks[j - 1].end
+                and (nxt.text != "**" or (after is not None and after.start == nxt.end))):
+            raise _Symbolic(toks[j - 1].text)  # "5 minutes/100 meters", "12 cm^2" (not bold "**26 kg**")
         named = toks[start].text.lower().rstrip("s") if j > start + (2 if rate else 0) else ""
         # "$ 45 kg + 12 kg": a "$" before a measure opens LaTeX math; it is no currency
         unit = named if lit.unit == "$" and named in _PHYSICAL else lit.unit or named

@@ -56,6 +56,9 @@ GSM8K_TRAIN_FLAGGED = 27
         pytest.param("3 * 2 * 1 = 3!", "3 * 2 * 1 = 4!", "3 * 2 * 1 = 4", id="factorial-result"),
         pytest.param("$ 45 kg + 12 kg = 57 kg $", "$ 45 kg + 12 kg = 54 kg $", "$ 45 kg + 12 kg = 54",
                      id="units-in-latex-math"),
+        pytest.param("`22 * 48 = 1056`", "`22 * 48 = 1055`", "22 * 48 = 1055", id="markdown-code"),
+        pytest.param("**23 kg + 2 kg = 25 kg**", "**23 kg + 2 kg = 26 kg**", "23 kg + 2 kg = 26 kg",
+                     id="markdown-bold"),
         pytest.param("1{,}080 / 2 = 540", "1{,}080 / 2 = 530", "1{,}080 / 2 = 530", id="latex-thousands"),
         pytest.param("20% off $50 means $50 × 0.8 = $40", "20% off $50 means $50 × 0.8 = $45", "$50 × 0.8 = $45",
                      id="a-verb-is-not-a-unit"),
@@ -162,8 +165,8 @@ def test_a_latex_aligned_environment_is_read_line_by_line():
 
 
 def test_a_list_marker_opening_a_line_is_not_part_of_the_claim():
-    text = "1) 3 + 4 = 8\n(b) 2 * 5 = 11\n(1/2) 278 + 11 = 150"  # the last: a factor, not a marker
-    assert check(text) == StepReport(checked=2, skipped=1, false=["3 + 4 = 8", "2 * 5 = 11"])
+    text = "1) 3 + 4 = 8\n(b) 2 * 5 = 11\nCase 2) 6 - 1 = 4\n(1/2) 278 + 11 = 150"  # the last: a factor
+    assert check(text) == StepReport(checked=3, skipped=1, false=["3 + 4 = 8", "2 * 5 = 11", "6 - 1 = 4"])
 
 
 def test_check_and_false_claims_agree_and_report_is_frozen():
