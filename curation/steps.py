@@ -166,6 +166,8 @@ def _tokenize(text: str, lo: int, hi: int) -> list[_Tok]:
                 toks.append(_tok(("op", start, start + 1, "-")))
                 start += 1
             kind, word = "num", word.lstrip("⁻").translate(_SUPERSCRIPTS)
+        elif word == "**" and (start == lo or text[start - 1].isspace()) != (end == hi or text[end].isspace()):
+            continue  # markdown bold, "**3 + 4 = 7** apples", "= **200** - 16": a power is spaced alike on both sides
         elif kind == "rel" and word == "~" and not (toks and toks[-1].kind == "rel"):
             kind = "junk"  # a lone "~" may be a range ("1.5~2.5"); "= ~3.3" is approximate
         elif kind == "rel":
@@ -234,8 +236,6 @@ def _left_ok(text: str, toks: list[_Tok], j: int, lo: int, e: int) -> bool:
     if prev is None:
         return True
     if prev.kind == "op":  # a binary operator whose left operand lies outside the claim
-        if prev.text == "**" and prev.end == start and (prev.start == lo or text[prev.start - 1].isspace()):
-            return True  # markdown bold opens: "So **3 + 4 = 7**"
         return before is None or before.kind in ("lp", "rel") or before.text in _PUNCT
     if prev.kind == "word":
         word = prev.text.lower()
@@ -271,9 +271,8 @@ def _right_ok(text: str, toks: list[_Tok], e: int, hi: int) -> bool:
     if e < len(toks) and (toks[e].kind in ("num", "block", "frac") or (toks[e].kind == "lp" and toks[e].start == end)
                           or (e + 1 < len(toks) and _is_unit(toks[e]) and toks[e + 1].kind == "num")):
         return False  # "= 8 5% increases", "= 37 \\frac{1}{2}", "= \\frac{1}{4}\\left(", "= 2 hours 30 minutes"
-    if e + 1 < len(toks) and toks[e].kind == "op" and toks[e + 1].kind in ("num", "lp", "word", "frac", "cmd", "block"):
-        return toks[e].text == "**" and toks[e].start == end and toks[e + 1].start > toks[e].end  # "**7** apples"
-    return True
+    return not (e + 1 < len(toks) and toks[e].kind == "op"
+                and toks[e + 1].kind in ("num", "lp", "word", "frac", "cmd", "block"))
 
 
 class _Parser:
@@ -383,9 +382,8 @@ class _Parser:
         if nxt is not None and nxt.kind == "word" and not op_word:
             if nxt.start == toks[j - 1].end or (after is not None and after.kind in ("op", "rel")):
                 raise _Symbolic(nxt.text)  # "2x", "3 n + 1", "2 dozen = 24"
-        if (j > start and nxt is not None and nxt.text in ("/", "^", "**") and nxt.start == toks[j - 1].end
-                and (nxt.text != "**" or (after is not None and after.start == nxt.end))):
-            raise _Symbolic(toks[j - 1].text)  # "5 minutes/100 meters", "12 cm^2" (not bold "**26 kg**")
+        if j > start and nxt is not None and nxt.text in ("/", "^", "**") and nxt.start == toks[j - 1].end:
+            raise _Symbolic(toks[j - 1].text)  # "5 minutes/100 meters", "12 cm^2"
         named = toks[start].text.lower().rstrip("s") if j > start + (2 if rate else 0) else ""
         # "$ 45 kg + 12 kg": a "$" before a measure opens LaTeX math; it is no currency
         unit = named if lit.unit == "$" and named in _PHYSICAL else lit.unit or named

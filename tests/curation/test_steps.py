@@ -57,7 +57,7 @@ GSM8K_TRAIN_FLAGGED = 27
         pytest.param("$ 45 kg + 12 kg = 57 kg $", "$ 45 kg + 12 kg = 54 kg $", "$ 45 kg + 12 kg = 54",
                      id="units-in-latex-math"),
         pytest.param("`22 * 48 = 1056`", "`22 * 48 = 1055`", "22 * 48 = 1055", id="markdown-code"),
-        pytest.param("**23 kg + 2 kg = 25 kg**", "**23 kg + 2 kg = 26 kg**", "23 kg + 2 kg = 26 kg",
+        pytest.param("**23 kg + 2 kg = 25 kg**", "**23 kg + 2 kg = 26 kg**", "23 kg + 2 kg = 26",
                      id="markdown-bold"),
         pytest.param("1{,}080 / 2 = 540", "1{,}080 / 2 = 530", "1{,}080 / 2 = 530", id="latex-thousands"),
         pytest.param("20% off $50 means $50 × 0.8 = $40", "20% off $50 means $50 × 0.8 = $45", "$50 × 0.8 = $45",
