@@ -207,7 +207,8 @@ def test_gsm8k_train_flags_at_most_one_percent_and_exactly_the_measured_count(sh
 
 # ---- planted claims: one false claim per trace, every kind; the same trace unchanged as control
 
-_TEMPLATES = ("So {} in all.", "We get {}.", "That makes {}, which we use next.", "Then {} for the week.")
+_TEMPLATES = ("So {} in all.", "We get {}.", "That makes {}, which we use next.", "Then {} for the week.",
+              "**Step 2:** {}", "- {}", "1) {}", "Case 2) {}", "Now {}!", "`{}`", "**{}**", "> {}")
 # a prose result written after its note, with only numbers and operators before the "=": "48/2 = <<48/2=24>>24"
 _STATED = re.compile(r"(?<![\w.,/])((?:\$?\d+(?:\.\d+)? ?[-+*/x] ?)+\$?\d+(?:\.\d+)?) ?= ?\$?"
                      r"<<[^<>]*=([^<>=]*)>>(\d+(?:\.\d+)?)(?![\d,.]\d)")
