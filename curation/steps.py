@@ -139,7 +139,7 @@ def check(text: str) -> StepReport:
     if "<<" in text:
         segments = [(text, m.start(1), m.end(1), True) for m in _ANNOTATION.finditer(text)]
         prose = _ANNOTATION.sub(lambda m: " " * len(m.group()), text)  # same length: offsets hold
-    if "&" in prose:  # LaTeX alignment, "12 \\times 15 &= 180 \\\\": a space, so the claim reads on
+    if "&" in prose:  # LaTeX alignment, "12 \times 15 &= 180 \\": a space, so the claim reads on
         prose = _ALIGNED.sub(" ", prose)
     segments += [(prose, *m.span(), False) for m in _LINE.finditer(prose) if _RELATION.search(m.group())]
     checked = skipped = 0
