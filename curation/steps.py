@@ -251,7 +251,7 @@ def _left_ok(text: str, toks: list[_Tok], j: int, lo: int, e: int) -> bool:
         return False  # ".8 + . 84": a decimal broken by a space
     if prev.text == "," and before is not None and before.kind == "num" and before.end == prev.start:
         return not (len(before.text) <= 3 and len(toks[j].text) == 3)  # "14, 400": a stray space
-    if prev.text == ")" and before.end == prev.start and (
+    if prev.text == ")" and before is not None and before.end == prev.start and (
             (before.kind == "num" and before.text.isdigit()) or (before.kind == "word" and len(before.text) == 1)):
         opener = toks[j - 3] if j > 2 else None  # a list marker: "1) 3 + 4 = 7", "Case 2) ...", "(b) ..."
         if opener is not None and opener.text == "(":

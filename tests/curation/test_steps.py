@@ -186,6 +186,7 @@ def test_pathological_lines_are_skipped_not_crashed():
     deep = "(" * 5000 + "1" + ")" * 5000 + " = 2"  # deeper than Python's recursion limit
     assert check(deep).false == [] and check(deep).skipped == 1
     assert check("2^2^2^2^2^2 = 5").false == []  # a power tower too large to evaluate
+    assert check(") 3 + 4 = 8") == StepReport(checked=0, skipped=1, false=[])  # a bracket with nothing before it
     with pytest.raises(TypeError, match="got int"):
         check(5)  # type: ignore[arg-type]
 
