@@ -19,7 +19,8 @@ pip_install = if command -v uv >/dev/null 2>&1; then uv pip install --python $(B
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py compiles curation/_stepscan.c into the checkout: a changed source reinstalls
+$(STAMP): pyproject.toml setup.py curation/_stepscan.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "distillery needs Python >= 3.11, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -44,4 +45,4 @@ test-slow: $(SLOW_STAMP)
 	DISTILLERY_REQUIRE_SLOW=1 $(BIN)/python -m pytest -m slow
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build curation/_stepscan*.so
