@@ -1,14 +1,15 @@
 """Arithmetic step checker: its throughput, and what it adds to the filter stage's time.
 
 1. `curation.steps.check` over every GSM8K train answer: traces/s per round, median and spread
-   (min..max), and what it found (flagged traces, claims checked and skipped).
+   (min..max), and what it found (flagged traces, claims checked and skipped); the compiled checker
+   (curation/_stepscan.c) against the Python path it ports (`steps._check_python`), alternating.
 2. The filter stage (`filters.filter_traces`) on 10,000 GSM8K traces (the reference solutions
    in the trace format, a second sample for the first 2,527 problems) with `filter.check_steps`
    on and off, the two sides alternating over the rounds; the last line is
    `step_check_overhead=X`: median seconds with steps / median seconds without, minus 1
    (the issue's target: X <= 0.10).
 
-    python benchmarks/steps.py [--data ../shared/data/gsm8k/train.jsonl] [--rounds 5]
+    python benchmarks/steps.py [--data ../shared/data/gsm8k/train.jsonl] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from pathlib import Path
 
 import polars as pl
 
-from curation import filters
+from curation import filters, steps
 from curation.config import FilterConfig
 from curation.sources import hub
-from curation.steps import check
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
@@ -71,20 +71,27 @@ def main() -> None:
     """Time `check` over all answers for several rounds and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     answers = load_answers(args.data)
-    rates, reports = [], []
+    if steps._stepscan is None:
+        print("curation._stepscan is not built (no C compiler at install): both sides run the Python path")
+    paths = {"compiled": steps.check, "python": steps._check_python}
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    reports = []
     for round_no in range(1, args.rounds + 1):
-        started = time.perf_counter()
-        reports = [check(answer) for answer in answers]
-        rates.append(len(answers) / (time.perf_counter() - started))
-        print(f"round {round_no}: {rates[-1]:,.0f} traces/s")
+        for name in (("compiled", "python") if round_no % 2 else ("python", "compiled")):
+            started = time.perf_counter()
+            reports = [paths[name](answer) for answer in answers]
+            rates[name].append(len(answers) / (time.perf_counter() - started))
+            print(f"round {round_no}: {name:<8} {rates[name][-1]:,.0f} traces/s")
+    for name, got in rates.items():
+        print(f"{len(answers)} traces, {args.rounds} rounds, {name}: median {statistics.median(got):,.0f} traces/s "
+              f"(spread {min(got):,.0f}..{max(got):,.0f})")
+    print(f"compiled/python: {statistics.median(rates['compiled']) / statistics.median(rates['python']):.1f}x")
     flagged = sum(1 for report in reports if report.false)
-    print(f"{len(answers)} traces, {args.rounds} rounds: median {statistics.median(rates):,.0f} traces/s "
-          f"(spread {min(rates):,.0f}..{max(rates):,.0f})")
     print(f"flagged {flagged} traces ({flagged / len(answers):.2%}); claims checked "
           f"{sum(r.checked for r in reports):,}, skipped {sum(r.skipped for r in reports):,}")
     filter_overhead(args.data, args.rounds)

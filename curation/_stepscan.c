@@ -19,10 +19,15 @@ typedef __int128 i128;
 
 /* ---------------------------------------------------------------- characters (as `re` and str see them) */
 
+enum { A_LETTER = 1, A_ALNUM = 2 };
+static unsigned char ascii[128]; /* A_* bits of each ASCII character, filled at import */
+/* The token kind + 1 of an ASCII character that is a whole token by itself whatever follows (brackets,
+ * punctuation, + - / ^), 0 for the rest; filled at import. */
+static signed char alone[128];
 static inline int is_space(ch_t c) { return Py_UNICODE_ISSPACE(c); }
 static inline int is_dec(ch_t c) { return c >= '0' && c <= '9'; } /* other decimals: the caller bails */
-static inline int is_ascii_letter(ch_t c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-static inline int is_alnum(ch_t c) { return c < 128 ? (is_dec(c) || is_ascii_letter(c)) : Py_UNICODE_ISALNUM(c); }
+static inline int is_ascii_letter(ch_t c) { return c < 128 && (ascii[c] & A_LETTER); }
+static inline int is_alnum(ch_t c) { return c < 128 ? ascii[c] & A_ALNUM : Py_UNICODE_ISALNUM(c); }
 static inline int is_word(ch_t c) { return c == '_' || is_alnum(c); }
 static inline int is_alpha(ch_t c) { return c < 128 ? is_ascii_letter(c) : Py_UNICODE_ISALPHA(c); }
 static inline int is_digit(ch_t c) { return c < 128 ? is_dec(c) : Py_UNICODE_ISDIGIT(c); }
@@ -151,6 +156,7 @@ typedef struct {
     char *arena; size_t used, cap_a; /* unit names of the claim being parsed */
     int cap_prose;
     ch_t *textbuf; int cap_text;
+    char *bprose; int cap_bprose; /* an ASCII trace's prose as bytes: memchr finds its lines and relations */
     Lit *lits; char *lit_done; int cap_lits, cap_done; /* literal() of each token, computed once */
     int i, first_side, depth;
     idx *spans; int nspans, cap_s;
@@ -170,8 +176,8 @@ static void *grow(Ctx *c, void *p, int *cap, int need, size_t size) {
     return q;
 }
 
-static void push_tok(Ctx *c, int kind, idx start, idx end, int sym, int sup) {
-    c->toks = grow(c, c->toks, &c->cap_t, c->nt + 1, sizeof(Tok));
+static inline void push_tok(Ctx *c, int kind, idx start, idx end, int sym, int sup) {
+    /* tokenize sized the array: at most 3 tokens ("^", "-", digits) from each 2 characters, 1 from each other */
     Tok t = {kind, start, end, sym, sup, 0};
     c->toks[c->nt++] = t;
 }
@@ -330,21 +336,42 @@ static int digits_less(const ch_t *s, idx a0, idx a1, idx b0, idx b1) {
 static void tokenize(Ctx *c) {
     const ch_t *s = c->s;
     idx hi = c->hi, p = c->lo;
+    if (hi - p > INT_MAX / 4) bail(&c->b);
+    c->toks = grow(c, c->toks, &c->cap_t, (int)(2 * (hi - p) + 4), sizeof(Tok));
     c->nt = 0;
     for (;;) {
         p = spaces_end(s, p, hi);
         if (p >= hi) break;
         ch_t ch = s[p];
-        idx e;
+        idx e = -1, r = p;
         int kind = -1, approx = 0, sym = SYM_NONE;
-        if ((e = m_rel(s, p, hi, &approx)) >= 0) kind = K_REL;
+        if (ch < 128 && ch != 'a' && (ascii[ch] & A_LETTER)) { /* the common tokens first: a word */
+            e = p + 1;
+            while (e < hi && is_ascii_letter(s[e])) e++;
+            if (e + 1 < hi && s[e] == '\'' && s[e + 1] >= 'a' && s[e + 1] <= 'z') { e++; while (e < hi && s[e] >= 'a' && s[e] <= 'z') e++; }
+            push_tok(c, K_WORD, p, e, e - p == 1 ? (int)ch : SYM_NONE, 0);
+            p = e;
+            continue;
+        }
+        if (ch < 128 && alone[ch]) { /* a bracket, punctuation, + - / ^ */
+            push_tok(c, alone[ch] - 1, p, p + 1, (int)ch, 0);
+            p++;
+            continue;
+        }
+        if ((ch == '=' || ch == '~' || ch == 'a' || ch == '\\' || ch == 0x2248 || ch == 0x2243)
+            && (e = m_rel(s, p, hi, &approx)) >= 0)
+            kind = K_REL;
         else if (is_ascii_letter(ch)) {
             e = p;
             while (e < hi && is_ascii_letter(s[e])) e++;
             if (e + 1 < hi && s[e] == '\'' && s[e + 1] >= 'a' && s[e + 1] <= 'z') { e++; while (e < hi && s[e] >= 'a' && s[e] <= 'z') e++; }
             kind = K_WORD;
-        } else if (is_dec(ch) && (e = m_block(s, p, hi)) >= 0) kind = K_BLOCK;
-        else if ((is_dec(ch) || is_cur(ch)) && (e = m_mixed(s, p, hi)) >= 0) {
+        } else if (is_dec(ch) && (((r = digits_end(s, p, hi)) - p >= 2 && ch == '0')
+                                  || (r < hi && (s[r] == '-' || s[r] == '/' || s[r] == ':' || s[r] == 's' || s[r] == 'n'
+                                                 || s[r] == 'r' || s[r] == 't')))
+                   && (e = m_block(s, p, hi)) >= 0) { /* what may follow a block's first digits */
+            kind = K_BLOCK;
+        } else if (((is_dec(ch) && r < hi && is_space(s[r])) || is_cur(ch)) && (e = m_mixed(s, p, hi)) >= 0) {
             /* _MIXED: \D*(\d+)\D+(\d+)/(\d+); proper when top < bottom */
             idx a = p;
             while (!is_dec(s[a])) a++;
@@ -484,6 +511,20 @@ static Lit read_literal(Ctx *c, const Tok *t) {
     const ch_t *s = c->s;
     idx p = t->start, e = t->end;
     Lit lit = {R(0), R(0), 0, 0, 0, NULL};
+    if (!t->sup && e - p <= 18 && is_dec(s[p])) { /* the common case: plain digits */
+        i128 v = 0;
+        int zeros = 0, nonzero = 0;
+        idx k = p;
+        for (; k < e && is_dec(s[k]); k++) {
+            v = v * 10 + (s[k] - '0');
+            if (s[k] == '0') zeros++; else { zeros = 0; nonzero = 1; }
+        }
+        if (k == e) {
+            lit.value = R(v);
+            lit.zeros = nonzero ? zeros : 0;
+            return lit;
+        }
+    }
     if (t->sup) {
         i128 v = 0;
         if (e - p > 36) bail(&c->b);
@@ -1064,7 +1105,7 @@ static void release(Ctx *c) {
     if (c->cap_t > (1 << 16) || c->cap_prose > (1 << 20) || c->cap_text > (1 << 20)) { /* a huge trace: give its memory back */
         PyMem_Free(c->toks); PyMem_Free(c->nodes); PyMem_Free(c->spans); PyMem_Free(c->sides); PyMem_Free(c->rels);
         PyMem_Free(c->readings); PyMem_Free(c->used_rel); PyMem_Free(c->prose); PyMem_Free(c->arena);
-        PyMem_Free(c->textbuf); PyMem_Free(c->lits); PyMem_Free(c->lit_done);
+        PyMem_Free(c->textbuf); PyMem_Free(c->lits); PyMem_Free(c->lit_done); PyMem_Free(c->bprose);
         memset(c, 0, sizeof *c);
     }
 }
@@ -1082,49 +1123,77 @@ static PyObject *run(Ctx *c, PyObject *arg) {
     c->textbuf = grow(c, c->textbuf, &c->cap_text, (int)n + 1, sizeof(ch_t));
     if (PyUnicode_AsUCS4(arg, c->textbuf, n + 1, 1) == NULL) return NULL;
     const ch_t *text = c->textbuf, *prose = text;
+    const char *bytes = PyUnicode_IS_ASCII(arg) ? PyUnicode_DATA(arg) : NULL, *bprose = bytes;
     int digit = 0, amp = 0, lt = 0;
-    for (idx k = 0; k < n; k++) {
-        ch_t ch = text[k];
-        digit |= is_dec(ch);
-        amp |= ch == '&';
-        lt |= ch == '<';
-        if (ch >= 128 && Py_UNICODE_ISDECIMAL(ch)) bail(&c->b); /* \d and int() read these; this port does not */
+    if (bytes) { /* most traces: memchr runs through the bytes */
+        amp = memchr(bytes, '&', (size_t)n) != NULL;
+        lt = memchr(bytes, '<', (size_t)n) != NULL;
+        for (idx k = 0; k < n && !digit; k++) digit = is_dec((ch_t)bytes[k]);
+    } else {
+        for (idx k = 0; k < n; k++) {
+            ch_t ch = text[k];
+            digit |= is_dec(ch);
+            amp |= ch == '&';
+            lt |= ch == '<';
+            if (ch >= 128 && Py_UNICODE_ISDECIMAL(ch)) bail(&c->b); /* \d and int() read these; this port does not */
+        }
     }
     long checked = 0, skipped = 0;
-    if (digit && (lt || amp)) { /* notes blanked and "&=" opened up in a copy: the prose */
+    if (!digit) goto done;
+    if (lt || amp) { /* notes blanked and "&=" opened up in a copy: the prose */
         c->prose = grow(c, c->prose, &c->cap_prose, (int)n + 1, sizeof(ch_t));
         memcpy(c->prose, text, (size_t)n * sizeof(ch_t));
         prose = c->prose;
+        if (bytes) {
+            c->bprose = grow(c, c->bprose, &c->cap_bprose, (int)n + 1, 1);
+            memcpy(c->bprose, bytes, (size_t)n);
+            bprose = c->bprose;
+        }
     }
-    if (digit) {
-        for (idx p = 0; lt && p + 1 < n; p++) { /* <<([^<>\n]*)>> */
-            if (text[p] != '<' || text[p + 1] != '<') continue;
-            idx q = p + 2;
-            while (q < n && text[q] != '<' && text[q] != '>' && text[q] != '\n') q++;
-            if (q + 1 < n && text[q] == '>' && text[q + 1] == '>') {
-                check_segment(c, text, p + 2, q, 1, &checked, &skipped);
-                for (idx k = p; k < q + 2; k++) c->prose[k] = ' ';
-                p = q + 1;
-            }
+    for (idx p = 0; lt && p + 1 < n; p++) { /* <<([^<>\n]*)>> */
+        if (bytes) {
+            const char *at = memchr(bytes + p, '<', (size_t)(n - p));
+            if (at == NULL) break;
+            p = at - bytes;
+            if (p + 1 >= n) break;
         }
-        for (idx k = 0; amp && k < n; k++) { /* &(?=\s*(?:=|≈|\\approx(?![A-Za-z]))): LaTeX alignment */
-            if (prose[k] != '&') continue;
-            idx q = spaces_end(prose, k + 1, n);
-            if (q < n && (prose[q] == '=' || prose[q] == 0x2248
-                          || (starts(prose, q, n, "\\approx") && !(q + 7 < n && is_ascii_letter(prose[q + 7])))))
-                c->prose[k] = ' ';
+        if (text[p] != '<' || text[p + 1] != '<') continue;
+        idx q = p + 2;
+        while (q < n && text[q] != '<' && text[q] != '>' && text[q] != '\n') q++;
+        if (q + 1 < n && text[q] == '>' && text[q + 1] == '>') {
+            check_segment(c, text, p + 2, q, 1, &checked, &skipped);
+            for (idx k = p; k < q + 2; k++) c->prose[k] = ' ';
+            if (bytes) memset(c->bprose + p, ' ', (size_t)(q + 2 - p));
+            p = q + 1;
         }
-        for (idx a = 0; a < n;) { /* each line ([^\n]+) with a relation ([=≈≃~]|approx) */
-            idx b = a;
-            int relation = 0;
+    }
+    for (idx k = 0; amp && k < n; k++) { /* &(?=\s*(?:=|≈|\\approx(?![A-Za-z]))): LaTeX alignment */
+        if (prose[k] != '&') continue;
+        idx q = spaces_end(prose, k + 1, n);
+        if (q < n && (prose[q] == '=' || prose[q] == 0x2248
+                      || (starts(prose, q, n, "\\approx") && !(q + 7 < n && is_ascii_letter(prose[q + 7]))))) {
+            c->prose[k] = ' ';
+            if (bytes) c->bprose[k] = ' ';
+        }
+    }
+    for (idx a = 0; a < n;) { /* each line ([^\n]+) with a relation ([=≈≃~]|approx) */
+        idx b = a;
+        int relation = 0;
+        if (bytes) {
+            const char *nl = memchr(bprose + a, '\n', (size_t)(n - a)), *line = bprose + a;
+            b = nl ? nl - bprose : n;
+            size_t len = (size_t)(b - a);
+            relation = memchr(line, '=', len) || memchr(line, '~', len) || memmem(line, len, "approx", 6);
+        } else {
             for (; b < n && prose[b] != '\n'; b++) {
                 ch_t ch = prose[b];
                 relation |= ch == '=' || ch == 0x2248 || ch == 0x2243 || ch == '~' || (ch == 'a' && starts(prose, b, n, "approx"));
             }
-            if (relation) check_segment(c, prose, a, b, 0, &checked, &skipped);
-            a = b + 1;
         }
+        if (relation) check_segment(c, prose, a, b, 0, &checked, &skipped);
+        a = b + 1;
     }
+done:;
     PyObject *claims = PyList_New(c->nspans);
     if (claims == NULL) return NULL;
     for (int k = 0; k < c->nspans; k++) {
@@ -1146,7 +1215,47 @@ static PyObject *py_check(PyObject *self, PyObject *arg) {
     return result;
 }
 
+/* check over a list: (checked, skipped, [false claims of each text, or None: use the Python path]) */
+static PyObject *py_check_many(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyList_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "check_many() reads a list, got %s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(arg);
+    PyObject *falses = PyList_New(n);
+    if (falses == NULL) return NULL;
+    long long checked = 0, skipped = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *text = PyList_GET_ITEM(arg, k), *found;
+        if (text == Py_None || (PyUnicode_Check(text) && PyUnicode_GET_LENGTH(text) == 0)) {
+            found = PyList_New(0);
+        } else if (!PyUnicode_Check(text)) {
+            PyErr_Format(PyExc_TypeError, "check_many() reads str or None, item %zd is %s", k, Py_TYPE(text)->tp_name);
+            Py_DECREF(falses);
+            return NULL;
+        } else {
+            PyObject *report = run(&pool, text);
+            release(&pool);
+            if (report == NULL) { Py_DECREF(falses); return NULL; }
+            if (report == Py_None) {
+                found = report;
+            } else {
+                checked += PyLong_AsLongLong(PyTuple_GET_ITEM(report, 0));
+                skipped += PyLong_AsLongLong(PyTuple_GET_ITEM(report, 1));
+                found = Py_NewRef(PyTuple_GET_ITEM(report, 2));
+                Py_DECREF(report);
+            }
+        }
+        if (found == NULL) { Py_DECREF(falses); return NULL; }
+        PyList_SET_ITEM(falses, k, found);
+    }
+    return Py_BuildValue("(LLN)", checked, skipped, falses);
+}
+
 static PyMethodDef methods[] = {
+    {"check_many", py_check_many, METH_O,
+     "check over a list of str (None as empty): (checked, skipped, [false claims, or None: use the Python path])."},
     {"check", py_check, METH_O,
      "(checked, skipped, [false claim, ...]) of a trace as steps.py's Python path reads it, or None: use that path."},
     {NULL, NULL, 0, NULL},
@@ -1155,6 +1264,13 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stepscan", "steps.py's step checker in C.", -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__stepscan(void) {
+    for (const char *k = "([{"; *k; k++) alone[(int)*k] = K_LP + 1;
+    for (const char *k = ")]}"; *k; k++) alone[(int)*k] = K_RP + 1;
+    for (const char *k = "+-/^"; *k; k++) alone[(int)*k] = K_OP + 1;
+    for (const char *k = ",;:?!\"'`|#@&%<>_"; *k; k++) alone[(int)*k] = K_JUNK + 1;
+    for (int ch = 0; ch < 128; ch++)
+        ascii[ch] = (((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) ? A_LETTER | A_ALNUM : 0)
+                    | (ch >= '0' && ch <= '9' ? A_ALNUM : 0);
     ADD(NOT_UNITS, W_NOT_UNIT); ADD(CONNECTIVES, W_CONNECTIVE); ADD(LABELS, W_LABEL);
     ADD(FRACTION_WORDS, W_FRACTION); ADD(MONEY, W_MONEY); ADD(PHYSICAL, W_PHYSICAL);
     return PyModule_Create(&module);

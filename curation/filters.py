@@ -191,17 +191,15 @@ def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: Fil
 
 def _check_steps(texts: list[str], verdicts: list[tuple[FilterReason, str] | None]) -> dict[str, int]:
     """Mark traces that state a false arithmetic claim (in place); the step checker's counts."""
-    counts = {"step_claims_checked": 0, "step_claims_skipped": 0, "traces_with_false_steps": 0}
-    for i, text in enumerate(texts):
-        if verdicts[i] is not None:
-            continue
-        report = steps.check(text)
-        counts["step_claims_checked"] += report.checked
-        counts["step_claims_skipped"] += report.skipped
-        if report.false:
-            counts["traces_with_false_steps"] += 1
-            verdicts[i] = FilterReason.WRONG_STEP, "false: " + "; ".join(report.false)[:500]
-    return counts
+    pending = [i for i, v in enumerate(verdicts) if v is None]
+    tally = steps.check_many([texts[i] for i in pending])
+    flagged = 0
+    for i, false in zip(pending, tally.false):
+        if false:
+            flagged += 1
+            verdicts[i] = FilterReason.WRONG_STEP, "false: " + "; ".join(false)[:500]
+    return {"step_claims_checked": tally.checked, "step_claims_skipped": tally.skipped,
+            "traces_with_false_steps": flagged}
 
 
 def _with_verdicts(frame: pl.DataFrame, verdicts: list[tuple[FilterReason, str] | None]) -> pl.DataFrame:

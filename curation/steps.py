@@ -34,7 +34,7 @@ import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 try:  # the same checker in C, ~35x faster (setup.py builds it where a C compiler exists)
     from curation import _stepscan
@@ -133,6 +133,15 @@ class StepReport:
     false: list[str]
 
 
+@dataclass(frozen=True, kw_only=True)
+class StepTally:
+    """What `check_many` found: claims checked and skipped over all traces, and each trace's false claims."""
+
+    checked: int
+    skipped: int
+    false: list[list[str]]
+
+
 def false_claims(text: str) -> list[str]:
     """The false arithmetic claims `text` states, each exactly as written in it."""
     return check(text).false
@@ -145,6 +154,21 @@ def check(text: str) -> StepReport:
     if _stepscan is not None and text and (found := _stepscan.check(text)) is not None:
         return StepReport(checked=found[0], skipped=found[1], false=found[2])
     return _check_python(text)
+
+
+def check_many(texts: Sequence[str | None]) -> StepTally:
+    """`check` over many traces (None as empty) at once: the filter's loop, without a report per trace."""
+    texts = list(texts)
+    if _stepscan is None:
+        found = [None] * len(texts)
+        checked = skipped = 0
+    else:
+        checked, skipped, found = _stepscan.check_many(texts)
+    for i, false in enumerate(found):
+        if false is None:  # no compiled checker, or a trace it handed back
+            report = check(texts[i]) if _stepscan is None else _check_python(texts[i])
+            checked, skipped, found[i] = checked + report.checked, skipped + report.skipped, report.false
+    return StepTally(checked=checked, skipped=skipped, false=found)
 
 
 def _check_python(text: str | None) -> StepReport:
