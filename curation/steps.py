@@ -159,6 +159,9 @@ def check(text: str) -> StepReport:
 def check_many(texts: Sequence[str | None]) -> StepTally:
     """`check` over many traces (None as empty) at once: the filter's loop, without a report per trace."""
     texts = list(texts)
+    for i, text in enumerate(texts):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"check_many() reads str or None, item {i} is {type(text).__name__}: {text!r:.60}")
     if _stepscan is None:
         found = [None] * len(texts)
         checked = skipped = 0
@@ -166,7 +169,7 @@ def check_many(texts: Sequence[str | None]) -> StepTally:
         checked, skipped, found = _stepscan.check_many(texts)
     for i, false in enumerate(found):
         if false is None:  # no compiled checker, or a trace it handed back
-            report = check(texts[i]) if _stepscan is None else _check_python(texts[i])
+            report = _check_python(texts[i])
             checked, skipped, found[i] = checked + report.checked, skipped + report.skipped, report.false
     return StepTally(checked=checked, skipped=skipped, false=found)
 

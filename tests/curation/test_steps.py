@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.steps import StepReport, check, false_claims
+from curation import steps
+from curation.steps import StepReport, check, check_many, false_claims
 
 # Measured on GSM8K train (7,473 answers): 27 traces flagged, each read by hand and each a real
 # slip in GSM8K's own prose ("14*20=140", "$4200+$3000 = $8600", "8*3 = <<80*3=240>>240").
@@ -189,6 +190,22 @@ def test_pathological_lines_are_skipped_not_crashed():
     assert check(") 3 + 4 = 8") == StepReport(checked=0, skipped=1, false=[])  # a bracket with nothing before it
     with pytest.raises(TypeError, match="got int"):
         check(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_check_many_gives_each_traces_false_claims_and_the_totals(monkeypatch, compiled):
+    if not compiled:
+        monkeypatch.setattr(steps, "_stepscan", None)
+    elif steps._stepscan is None:
+        pytest.skip("curation._stepscan is not built (no C compiler)")
+    # the fifth is handed back by the compiled checker (a fractional power): the Python path reads it
+    texts = ["So 3 + 4 = 8.", None, "", "no digits = none", "2^(1/2) = 1.41 and 2 + 2 = 5", "12 * 3 = 36 and y = 4"]
+    tally = check_many(texts)
+    reports = [check(text) for text in texts]
+    assert tally.false == [r.false for r in reports] == [["3 + 4 = 8"], [], [], [], ["2 + 2 = 5"], []]
+    assert (tally.checked, tally.skipped) == (sum(r.checked for r in reports), sum(r.skipped for r in reports)) == (3, 2)
+    with pytest.raises(TypeError, match="item 1 is int"):
+        check_many(["1 + 1 = 2", 5])  # type: ignore[list-item]
 
 
 def _gsm8k_train(shared_data: Path) -> list[str]:
