@@ -21,7 +21,7 @@ tail still has its later links checked ("a_5 = 2 + 4 \\cdot 3 = 14", "f(2) = 2^2
 ("14*20=140"). The guards come from false alarms seen there, in GSM8K test and MATH-500 solutions, and in the
 hand-written look-alikes of tests/curation/test_steps.py.
 
-`check` runs these rules compiled (curation/_stepscan.c, a line-for-line port, ~35x faster: the filter stage's
+`check` runs these rules compiled (curation/_stepscan.c, a line-for-line port, ~36x faster: the filter stage's
 budget) where setup.py could build it; this Python code is the reference it is tested against, the path where
 it is missing, and the path for what the port hands back (numbers past 2^125, fractional powers, deep nesting).
 """
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple, Sequence
 
-try:  # the same checker in C, ~35x faster (setup.py builds it where a C compiler exists)
+try:  # the same checker in C, ~36x faster (setup.py builds it where a C compiler exists)
     from curation import _stepscan
 except ImportError:
     _stepscan = None
