@@ -344,27 +344,20 @@ static void tokenize(Ctx *c) {
         ch_t ch = s[p];
         idx e = -1, r = p;
         int kind = -1, approx = 0, sym = SYM_NONE;
-        if (ch < 128 && ch != 'a' && (ascii[ch] & A_LETTER)) { /* the common tokens first: a word */
+        if ((ch == '=' || ch == '~' || ch == 'a' || ch == '\\' || ch == 0x2248 || ch == 0x2243)
+            && (e = m_rel(s, p, hi, &approx)) >= 0) {
+            kind = K_REL;
+        } else if (is_ascii_letter(ch)) { /* a word, the commonest token: no rule below touches it */
             e = p + 1;
             while (e < hi && is_ascii_letter(s[e])) e++;
             if (e + 1 < hi && s[e] == '\'' && s[e + 1] >= 'a' && s[e + 1] <= 'z') { e++; while (e < hi && s[e] >= 'a' && s[e] <= 'z') e++; }
             push_tok(c, K_WORD, p, e, e - p == 1 ? (int)ch : SYM_NONE, 0);
             p = e;
             continue;
-        }
-        if (ch < 128 && alone[ch]) { /* a bracket, punctuation, + - / ^ */
+        } else if (ch < 128 && alone[ch]) { /* a bracket, punctuation, + - / ^ */
             push_tok(c, alone[ch] - 1, p, p + 1, (int)ch, 0);
             p++;
             continue;
-        }
-        if ((ch == '=' || ch == '~' || ch == 'a' || ch == '\\' || ch == 0x2248 || ch == 0x2243)
-            && (e = m_rel(s, p, hi, &approx)) >= 0)
-            kind = K_REL;
-        else if (is_ascii_letter(ch)) {
-            e = p;
-            while (e < hi && is_ascii_letter(s[e])) e++;
-            if (e + 1 < hi && s[e] == '\'' && s[e + 1] >= 'a' && s[e + 1] <= 'z') { e++; while (e < hi && s[e] >= 'a' && s[e] <= 'z') e++; }
-            kind = K_WORD;
         } else if (is_dec(ch) && (((r = digits_end(s, p, hi)) - p >= 2 && ch == '0')
                                   || (r < hi && (s[r] == '-' || s[r] == '/' || s[r] == ':' || s[r] == 's' || s[r] == 'n'
                                                  || s[r] == 'r' || s[r] == 't')))
@@ -397,10 +390,10 @@ static void tokenize(Ctx *c) {
             p = e;
             continue;
         }
-        if (kind < 0) { /* op: \*\*|[-+*^/×÷·⋅−]|(?<=\s)–(?=\s)|\\(?:times|cdot|div)(?![A-Za-z]) */
+        /* op: \*\*|[-+*^/×÷·⋅−]|(?<=\s)–(?=\s)|\\(?:times|cdot|div)(?![A-Za-z]); + - / ^ went through `alone` */
+        if (kind < 0) {
             if (starts(s, p, hi, "**")) { kind = K_OP; e = p + 2; sym = SYM_STARSTAR; }
-            else if (ch == '-' || ch == '+' || ch == '*' || ch == '/' || ch == '^' || ch == 0xD7 || ch == 0xF7
-                     || ch == 0xB7 || ch == 0x22C5 || ch == 0x2212
+            else if (ch == '*' || ch == 0xD7 || ch == 0xF7 || ch == 0xB7 || ch == 0x22C5 || ch == 0x2212
                      || (ch == 0x2013 && p > 0 && is_space(s[p - 1]) && p + 1 < hi && is_space(s[p + 1]))) {
                 kind = K_OP; e = p + 1;
             } else if (ch == '\\') {
@@ -424,9 +417,9 @@ static void tokenize(Ctx *c) {
                 kind = K_CMD;
             }
         }
-        if (kind < 0) {
+        if (kind < 0) { /* junk: \S (the ASCII brackets, lp and rp, went through `alone`) */
             e = p + 1;
-            kind = (ch == '(' || ch == '{' || ch == '[') ? K_LP : (ch == ')' || ch == '}' || ch == ']') ? K_RP : K_JUNK;
+            kind = K_JUNK;
         }
         idx start = p;
         if (sym == SYM_NONE) sym = sym_of(s, start, e);
@@ -1109,18 +1102,21 @@ static void release(Ctx *c) {
     }
 }
 
-static PyObject *run(Ctx *c, PyObject *arg) {
+enum { DONE = 0, HANDED_BACK = 1, FAILED = -1 }; /* FAILED: a Python error is set */
+
+/* Check one trace: its counts added to *checked and *skipped, its false claims' spans in c->spans. */
+static int run(Ctx *c, PyObject *arg, long long *checked, long long *skipped) {
     idx n = PyUnicode_GET_LENGTH(arg);
     c->n = n;
     c->nspans = 0;
-    if (setjmp(c->b.bail)) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (setjmp(c->b.bail)) return PyErr_Occurred() ? FAILED : HANDED_BACK;
     if (c->arena == NULL) {
         c->cap_a = 1 << 16;
         if ((c->arena = PyMem_Malloc(c->cap_a)) == NULL) bail(&c->b);
     }
     if (n + 1 > INT_MAX / 8) bail(&c->b);
     c->textbuf = grow(c, c->textbuf, &c->cap_text, (int)n + 1, sizeof(ch_t));
-    if (PyUnicode_AsUCS4(arg, c->textbuf, n + 1, 1) == NULL) return NULL;
+    if (PyUnicode_AsUCS4(arg, c->textbuf, n + 1, 1) == NULL) return FAILED;
     const ch_t *text = c->textbuf, *prose = text;
     const char *bytes = PyUnicode_IS_ASCII(arg) ? PyUnicode_DATA(arg) : NULL, *bprose = bytes;
     int digits = 0, amp = 0, lt = 0;
@@ -1137,7 +1133,7 @@ static PyObject *run(Ctx *c, PyObject *arg) {
             if (ch >= 128 && Py_UNICODE_ISDECIMAL(ch)) bail(&c->b); /* \d and int() read these; this port does not */
         }
     }
-    long checked = 0, skipped = 0;
+    long checked_here = 0, skipped_here = 0; /* added to the totals only if no bail comes */
     if (!digits) goto done;
     if (lt || amp) { /* notes blanked and "&=" opened up in a copy: the prose */
         c->prose = grow(c, c->prose, &c->cap_prose, (int)n + 1, sizeof(ch_t));
@@ -1160,7 +1156,7 @@ static PyObject *run(Ctx *c, PyObject *arg) {
         idx q = p + 2;
         while (q < n && text[q] != '<' && text[q] != '>' && text[q] != '\n') q++;
         if (q + 1 < n && text[q] == '>' && text[q + 1] == '>') {
-            check_segment(c, text, p + 2, q, 1, &checked, &skipped);
+            check_segment(c, text, p + 2, q, 1, &checked_here, &skipped_here);
             for (idx k = p; k < q + 2; k++) c->prose[k] = ' ';
             if (bytes) memset(c->bprose + p, ' ', (size_t)(q + 2 - p));
             p = q + 1;
@@ -1189,18 +1185,30 @@ static PyObject *run(Ctx *c, PyObject *arg) {
                 relation |= ch == '=' || ch == 0x2248 || ch == 0x2243 || ch == '~' || (ch == 'a' && starts(prose, b, n, "approx"));
             }
         }
-        if (relation) check_segment(c, prose, a, b, 0, &checked, &skipped);
+        if (relation) check_segment(c, prose, a, b, 0, &checked_here, &skipped_here);
         a = b + 1;
     }
-done:;
-    PyObject *claims = PyList_New(c->nspans);
-    if (claims == NULL) return NULL;
-    for (int k = 0; k < c->nspans; k++) {
-        PyObject *claim = PyUnicode_Substring(arg, c->spans[2 * k], c->spans[2 * k + 1]);
-        if (claim == NULL) { Py_DECREF(claims); return NULL; }
-        PyList_SET_ITEM(claims, k, claim);
+done:
+    *checked += checked_here;
+    *skipped += skipped_here;
+    return DONE;
+}
+
+/* One str through run: DONE with *claims its false claims as written, HANDED_BACK, or FAILED. */
+static int check_one(PyObject *text, long long *checked, long long *skipped, PyObject **claims) {
+    int status = run(&pool, text, checked, skipped);
+    if (status == DONE && (*claims = PyList_New(pool.nspans)) != NULL) {
+        for (int k = 0; k < pool.nspans; k++) {
+            PyObject *claim = PyUnicode_Substring(text, pool.spans[2 * k], pool.spans[2 * k + 1]);
+            if (claim == NULL) { Py_CLEAR(*claims); break; }
+            PyList_SET_ITEM(*claims, k, claim);
+        }
+        if (*claims == NULL) status = FAILED;
+    } else if (status == DONE) {
+        status = FAILED;
     }
-    return Py_BuildValue("(llN)", checked, skipped, claims);
+    release(&pool);
+    return status;
 }
 
 static PyObject *py_check(PyObject *self, PyObject *arg) {
@@ -1209,9 +1217,12 @@ static PyObject *py_check(PyObject *self, PyObject *arg) {
         PyErr_Format(PyExc_TypeError, "check() reads a str, got %s", Py_TYPE(arg)->tp_name);
         return NULL;
     }
-    PyObject *result = run(&pool, arg);
-    release(&pool);
-    return result;
+    long long checked = 0, skipped = 0;
+    PyObject *claims;
+    int status = check_one(arg, &checked, &skipped, &claims);
+    if (status == FAILED) return NULL;
+    if (status == HANDED_BACK) Py_RETURN_NONE;
+    return Py_BuildValue("(LLN)", checked, skipped, claims);
 }
 
 /* check over a list: (checked, skipped, [false claims of each text, or None: use the Python path]) */
@@ -1234,17 +1245,9 @@ static PyObject *py_check_many(PyObject *self, PyObject *arg) {
             Py_DECREF(falses);
             return NULL;
         } else {
-            PyObject *report = run(&pool, text);
-            release(&pool);
-            if (report == NULL) { Py_DECREF(falses); return NULL; }
-            if (report == Py_None) {
-                found = report;
-            } else {
-                checked += PyLong_AsLongLong(PyTuple_GET_ITEM(report, 0));
-                skipped += PyLong_AsLongLong(PyTuple_GET_ITEM(report, 1));
-                found = Py_NewRef(PyTuple_GET_ITEM(report, 2));
-                Py_DECREF(report);
-            }
+            int status = check_one(text, &checked, &skipped, &found);
+            if (status == HANDED_BACK) found = Py_NewRef(Py_None);
+            else if (status == FAILED) found = NULL;
         }
         if (found == NULL) { Py_DECREF(falses); return NULL; }
         PyList_SET_ITEM(falses, k, found);
