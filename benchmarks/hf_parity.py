@@ -27,7 +27,7 @@ def ours(root: Path) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from curation.config import LoraConfig
+    from machinery.config import LoraConfig
     from models import registry
     from tests.support import hf_models
     from training import export, lora

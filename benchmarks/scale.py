@@ -39,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
 
-from curation import dedup, filters, shards, store  # noqa: E402
-from curation.config import DedupConfig, FilterConfig  # noqa: E402
-from curation.execution import LocalExecutor, RayExecutor  # noqa: E402
+from curation import dedup, filters  # noqa: E402
 from curation.sources import hub  # noqa: E402
+from machinery import shards, store  # noqa: E402
+from machinery.config import DedupConfig, FilterConfig  # noqa: E402
+from machinery.execution import LocalExecutor, RayExecutor  # noqa: E402
 from tests.support import traces  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

@@ -23,8 +23,8 @@ from pathlib import Path
 import polars as pl
 
 from curation import filters, steps
-from curation.config import FilterConfig
 from curation.sources import hub
+from machinery.config import FilterConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 

@@ -37,7 +37,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.config import load_config  # noqa: E402
+from machinery.config import load_config  # noqa: E402
 from models import registry  # noqa: E402
 from training import lora, mesh, sft  # noqa: E402
 

@@ -18,32 +18,16 @@ from pathlib import Path
 
 import polars as pl
 
-from curation import store
-from curation.config import BuildConfig
-from curation.teacher.prompts import SYSTEM
-from models import registry
-from models.chat import ChatTemplate
+from machinery import store
+from machinery.config import BuildConfig
+from machinery.formats import SFT_SET, SYSTEM, chat_template, student_prompt
 
 logger = logging.getLogger(__name__)
 
 STAGE = "build"
 INPUT_STAGES = ("dedup", "filter")
 PASS_RATES = "pass_rates.parquet"  # the filter stage's per-problem pass rates
-SFT = "sft.parquet"  # the SFT set; the GRPO set is the stage's data.parquet
 HF_DIR = "hf"
-
-
-def chat_template(model: str, revision: str | None = None) -> ChatTemplate:
-    """The student's chat template: its own (tokenizer_config.json), or Gemma 3's turns for the embedded model."""
-    return registry.chat_template(model, revision=revision)
-
-
-def student_prompt(problem: str, model: str, *, revision: str | None = None) -> str:
-    """The prompt the student sees: instructions and problem in one user turn, in its chat template, no BOS.
-
-    One user turn, no system message: Gemma has no system role.
-    """
-    return chat_template(model, revision).prompt(f"{SYSTEM}\n\n{problem}")
 
 
 def split_of(problem_id: str, seed: int, val_fraction: float) -> str:
@@ -125,7 +109,7 @@ def save_hf(run_dir: Path, key: str) -> None:
     if marker.is_file() and marker.read_text() == key:
         return
     built = store.finished(run_dir, STAGE)
-    sets = {"sft": built.read(SFT), "grpo": built.read()}
+    sets = {"sft": built.read(SFT_SET), "grpo": built.read()}
     for name, frame in sets.items():
         splits = {s: datasets.Dataset.from_polars(frame.filter(pl.col("split") == s).drop("split"))
                   for s in ("train", "validation")}

@@ -18,11 +18,12 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from curation import dedup_shards, minhash, shards, sources, store
-from curation.config import DedupConfig, HubSource
+from curation import dedup_shards, minhash, sources
 from curation.dedup_index import VersionIndex, open_index
 from curation.dedup_shards import exact_keys
-from curation.execution import Executor
+from machinery import shards, store
+from machinery.config import DedupConfig, HubSource
+from machinery.execution import Executor
 
 logger = logging.getLogger(__name__)
 

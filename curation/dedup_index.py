@@ -18,11 +18,12 @@ from urllib.parse import urlparse
 import numpy as np
 import polars as pl
 
-from curation import minhash, store
+from curation import minhash
+from machinery import store
 
 if TYPE_CHECKING:
-    from curation.config import DedupConfig
     from curation.dedup import Params
+    from machinery.config import DedupConfig
 
 INDEX_DIR = "dedup-index"
 Match = tuple[str, float, str]  # (id it duplicates, estimated Jaccard, version it is in)

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from curation import minhash
-from curation.shards import Plan, ShardOutput, Shards
+from machinery.shards import Plan, ShardOutput, Shards
 
 SIGNATURES = "dedup.signatures"
 BANDS = "dedup.bands"

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curation import answers, minhash, shards, steps, store, verifier
-from curation.config import FilterConfig
+from curation import answers, minhash, steps, verifier
 from curation.dedup import trace_clusters_of
-from curation.execution import Executor
 from curation.judge import Judge
 from curation.teacher.cache import RequestCache
+from machinery import shards, store
+from machinery.config import FilterConfig
+from machinery.execution import Executor
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import polars as pl
 
-from curation import shards, store
-from curation.config import TeacherConfig
-from curation.execution import Executor, LocalExecutor
 from curation.teacher import Completion, SamplingParams, Teacher, prompts
 from curation.teacher.cache import RequestCache
+from machinery import shards, store
+from machinery.config import TeacherConfig
+from machinery.execution import Executor, LocalExecutor
 
 logger = logging.getLogger(__name__)
 

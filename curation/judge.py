@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from curation.config import JudgeConfig
 from curation.teacher import Prompt, SamplingParams
 from curation.teacher.cache import RequestCache
+from machinery.config import JudgeConfig
 
 SYSTEM = (
     "You check worked solutions to math problems. Read the problem, the solution and the correct final "

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import polars as pl
 
-from curation import shards, sources, store
-from curation.config import ProceduralSource, PullConfig, Source
-from curation.execution import Executor
-from curation.schema import RejectReason
+from curation import sources
+from machinery import shards, store
+from machinery.config import ProceduralSource, PullConfig, Source
+from machinery.execution import Executor
+from machinery.schema import RejectReason
 
 logger = logging.getLogger(__name__)
 

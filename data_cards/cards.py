@@ -8,9 +8,9 @@ import logging
 import time
 from pathlib import Path
 
-from curation import store
 from data_cards import facts as card_facts
 from data_cards.render import SETS, render_set
+from machinery import store
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import yaml
 
-from curation import store
 from curation.sources.hub import FORMATS
-from curation.teacher import prompts
+from machinery import formats, store
 
 FUNNEL = (("pull", "problems"), ("dedup", "problems"), ("generate", "samples"), ("filter", "traces"),
           ("build", "GRPO problems"))
@@ -107,7 +106,7 @@ def gather(run_dir: Path) -> dict[str, Any]:
                   "earlier_versions": dedup["earlier_versions"], "reasons": dedup["reasons"]},
         "teacher": {key: generate.get(key) for key in ("backend", "model", "style", "n", "temperature", "top_p",
                                                       "max_new_tokens")}
-                   | {"template_version": generate.get("template"), "system_prompt": prompts.SYSTEM,
+                   | {"template_version": generate.get("template"), "system_prompt": formats.SYSTEM,
                       "tokens_per_s": _stats(run_dir, "generate").get("tokens_per_s")}
                    | ({"endpoints": endpoints} if endpoints else {}),
         "filter": _stats(run_dir, "filter"),

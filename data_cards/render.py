@@ -16,9 +16,9 @@ import jinja2
 import polars as pl
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from curation import build, store
 from data_cards import markdown, plots
 from data_cards.facts import scrub
+from machinery import formats, store
 
 SETS = ("sft", "grpo")
 DESCRIPTIONS = {
@@ -89,7 +89,7 @@ def _environment() -> jinja2.Environment:
 def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -> dict[str, Any]:
     """Write cards/<which>/ and return the card's facts (what card.json holds)."""
     built = store.finished(run_dir, "build")
-    frame = built.read(build.SFT) if which == "sft" else built.read()
+    frame = built.read(formats.SFT_SET) if which == "sft" else built.read()
     out = run_dir / "cards" / which
     sizes, declared = {}, []
     for split in ("train", "validation"):

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace):
     """The resolved config of a command from its profile, config file and --set overrides."""
-    from curation.config import load_config
+    from machinery.config import load_config
 
     return load_config(args.profile, args.config, args.sets)
 
@@ -186,10 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for chatty in ("httpx", "httpx2", "openai", "absl", "jax._src.xla_bridge"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     handler = COMMANDS[args.command]
-    from curation.config import ConfigError
-    from curation.runlock import RunLockedError
     from curation.sources.hub import SourceError
-    from curation.store import StageInputError, WriteError
+    from machinery.config import ConfigError
+    from machinery.runlock import RunLockedError
+    from machinery.store import StageInputError, WriteError
 
     try:
         return handler(args)

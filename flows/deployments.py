@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import load_config
 from flows import stages
+from machinery.config import load_config
 
 DEFAULT_DEPLOYMENT = "cpu-smoke"
 DEFAULT_DATASET = Path("runs/demo")

@@ -27,10 +27,10 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.concurrency.sync import concurrency  # noqa: E402
 from prefect.deployments import run_deployment  # noqa: E402
 
-from curation import runlock, store  # noqa: E402
-from curation.config import Config  # noqa: E402
 from flows import stages  # noqa: E402
 from flows.stages import STAGE_HELP  # noqa: E402
+from machinery import runlock, store  # noqa: E402
+from machinery.config import Config  # noqa: E402
 
 # Safe to retry: a teacher endpoint may fail transiently, and the request cache keeps what was done.
 RETRIES = {"generate": 2}

@@ -28,7 +28,7 @@ def run_shard(fn: Callable[..., R], item: Any, shared: dict[str, Any]) -> R:
 
 
 class PrefectRayExecutor:
-    """`curation.execution.Executor` over an entered `prefect_ray.RayTaskRunner`."""
+    """`machinery.execution.Executor` over an entered `prefect_ray.RayTaskRunner`."""
 
     name = "ray"
     in_process = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from curation.config import JudgeConfig, TeacherConfig
+from machinery.config import JudgeConfig, TeacherConfig
 
 logger = logging.getLogger(__name__)
 

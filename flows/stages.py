@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation import runlock, store
-from curation.config import Config
-from curation.execution import Executor
+from machinery import runlock, store
+from machinery.config import Config
+from machinery.execution import Executor
 
 STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
 CURATION = STAGES[:6]
@@ -36,7 +36,7 @@ STAGE_HELP = {
 
 def _execution(config: Config, executor: Executor | None) -> dict[str, Any]:
     """Where a curation stage's per-row work runs (`execution.*`, or the caller's executor): never in its key."""
-    from curation.execution import make_executor
+    from machinery.execution import make_executor
 
     return {"executor": executor or make_executor(config.execution), "shard_rows": config.execution.shard_rows}
 
@@ -144,7 +144,7 @@ def run(stage: str, run_dir: Path, config: Config, *, force: bool = False, wait:
 
     `wait`: wait for another writer of the folder instead of failing; `flow_run_id` names the
     Prefect flow run in the lock; `inherit_from` lets a stage handed off by that flow run run
-    under its lock (see `curation.runlock.hold`). `executor` runs a sharded stage's work
+    under its lock (see `machinery.runlock.hold`). `executor` runs a sharded stage's work
     instead of the one `execution.*` configures (the flows: prefect-ray).
     """
     hold = (contextlib.nullcontext() if _secondary_host(stage, config) else

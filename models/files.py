@@ -23,7 +23,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
 
     A process killed mid-write leaves only a hidden staging folder, never a half-written
     `target`; an exception removes the staging folder and leaves `target` as it was. (The
-    next holder of a run's lock removes what killed writers left: `curation.store.remove_leftovers`.)
+    next holder of a run's lock removes what killed writers left: `machinery.store.remove_leftovers`.)
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))

@@ -12,9 +12,17 @@ import polars as pl
 import pytest
 import yaml
 
-from curation import answers, build, dedup, filters, generate, pull, store, verifier
-from curation.config import BuildConfig, DedupConfig, FilterConfig, ProceduralSource, PullConfig, TeacherConfig
+from curation import answers, build, dedup, filters, generate, pull, verifier
 from data_cards import cards
+from machinery import store
+from machinery.config import (
+    BuildConfig,
+    DedupConfig,
+    FilterConfig,
+    ProceduralSource,
+    PullConfig,
+    TeacherConfig,
+)
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.markdown import bare_tags
 

@@ -27,10 +27,11 @@ from typing import Any
 import polars as pl
 from tqdm.auto import tqdm
 
-from curation import build, sources, store
-from curation.config import Config, HubSource, ProceduralSource
-from curation.schema import REJECT_COLUMNS
+from curation import sources
 from curation.sources import procedural
+from machinery import formats, store
+from machinery.config import Config, HubSource, ProceduralSource
+from machinery.schema import REJECT_COLUMNS
 from models import registry
 from training import model_card, rewards
 from training.export import MODEL_DIR
@@ -145,7 +146,7 @@ def adapter_hash(run_dir: Path, stage: str) -> str | None:
 
 def end_of_turn(config: Config) -> str:
     """The student's end-of-turn marker, from its chat template (`<end_of_turn>`, `<|im_end|>`, `<|eot_id|>`)."""
-    return build.chat_template(config.student.model, config.student.revision).end_of_turn
+    return formats.chat_template(config.student.model, config.student.revision).end_of_turn
 
 
 def answer_text(text: str, end: str) -> str:
@@ -227,7 +228,7 @@ def evaluate(held: HeldOut, models: Mapping[str, Callable[[], Generate]], config
     """Generate with each model (made one at a time by its factory) and score every completion."""
     started = time.time()
     problems = held.problems
-    prompts = [build.student_prompt(p, config.student.model, revision=config.student.revision)
+    prompts = [formats.student_prompt(p, config.student.model, revision=config.student.revision)
                for p in problems["problem"]]
     end = end_of_turn(config)
     parts = []

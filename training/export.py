@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from curation import store
+from machinery import store
 from models import chat, hf
 from models.files import staged_folder
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation import store
-from curation.config import Config
+from machinery import store
+from machinery.config import Config
 from models import registry
 from models.decode import cut_at_stop, round_up
 from models.tokenizer import bos_prefix

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from curation import store
-from curation.config import Config, LoraConfig
+from machinery import store
+from machinery.config import Config, LoraConfig
 from models import registry
 from models.gemma_forward import LORA_DELTAS as GEMMA_DELTAS
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from curation.config import MeshConfig
+from machinery.config import MeshConfig
 
 logger = logging.getLogger(__name__)
 

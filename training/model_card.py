@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from curation.config import Config
 from data_cards.facts import scrub
+from machinery.config import Config
 from models import registry
 
 README = "README.md"

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation import build, store
-from curation.config import Config
+from machinery import formats, store
+from machinery.config import Config
 from models import registry
 from models.decode import round_up
 from models.tokenizer import bos_prefix
@@ -338,7 +338,7 @@ def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, con
 def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.StageResult:
     """Encode, reject too-long rows, train, write the adapter and the merged model; the tables for run_stage."""
     started = time.time()
-    frame = store.finished(run_dir, "build").read(build.SFT)
+    frame = store.finished(run_dir, "build").read(formats.SFT_SET)
     device_mesh = mesh.create(config.mesh)
     loaded = load_student(config, device_mesh)
     kept, rejected = encode(frame, loaded.tokenizer, config.sft.max_length)
@@ -370,7 +370,7 @@ def student_identity(config: Config) -> str:
 
 def run(run_dir: Path, config: Config, *, force: bool = False) -> store.Manifest:
     """Run the SFT stage on `run_dir/build/sft.parquet` unless a complete output with the same key exists."""
-    inputs = {"build_sft": store.finished(run_dir, "build").hash(build.SFT), "student": student_identity(config)}
+    inputs = {"build_sft": store.finished(run_dir, "build").hash(formats.SFT_SET), "student": student_identity(config)}
     stage_config = {"sft": config.sft.model_dump(mode="json"), "seed": config.seed, "dtype": config.student.dtype,
                     "mesh": config.mesh.model_dump(mode="json")}
     key = store.stage_key(stage_config, inputs)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import polars as pl
 
-    from curation.config import HubSource, ProceduralSource
+    from machinery.config import HubSource, ProceduralSource
 
 
 def load(spec: ProceduralSource | HubSource, seed: int, *, limit: int | None = None
@@ -16,8 +16,8 @@ def load(spec: ProceduralSource | HubSource, seed: int, *, limit: int | None = N
 
     `limit` caps the rows on top of the spec's own `n` or `limit` (the smaller wins).
     """
-    from curation.config import ProceduralSource
     from curation.sources import hub, procedural
+    from machinery.config import ProceduralSource
 
     if isinstance(spec, ProceduralSource):
         n = min(spec.n, limit) if limit else spec.n

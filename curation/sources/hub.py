@@ -21,8 +21,15 @@ from urllib.parse import urlparse
 import polars as pl
 
 from curation.answers import boxed_contents, plain_number
-from curation.schema import Problem, Rejected, RejectReason, as_text, problems_frame, rejected_frame
 from curation.sources.rows import make_problem
+from machinery.schema import (
+    Problem,
+    Rejected,
+    RejectReason,
+    as_text,
+    problems_frame,
+    rejected_frame,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from curation.schema import Problem, Rejected, problems_frame, rejected_frame
 from curation.sources.rows import make_problem, strip_math_delimiters
+from machinery.schema import Problem, Rejected, problems_frame, rejected_frame
 
 DEFAULT_TASKS = ("basic_arithmetic", "chain_sum", "gsm_symbolic", "fraction_simplification")
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from curation.schema import Problem, Rejected, RejectReason, as_text, problem_id, to_meta
+from machinery.schema import (
+    Problem,
+    Rejected,
+    RejectReason,
+    as_text,
+    problem_id,
+    to_meta,
+)
 
 
 def make_problem(

@@ -18,8 +18,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from curation.store import WriteError
 from curation.teacher import Completion
+from machinery.store import WriteError
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,7 @@ import json
 from typing import Literal
 
 from curation.teacher import Prompt
-
-SYSTEM = (
-    "You are a careful math tutor. Solve the problem step by step inside <reasoning> and "
-    "</reasoning>, then give only the final answer, with no units or words, inside <answer> and </answer>."
-)
+from machinery.formats import SYSTEM
 
 OPEN = "<reasoning>\n"  # base-model prompts open the reasoning block for the model
 # A base model goes on to invent the next problem after its answer: stop it there.

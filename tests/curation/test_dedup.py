@@ -12,10 +12,11 @@ import time
 import polars as pl
 import pytest
 
-from curation import dedup, minhash, pull, store
-from curation.config import DedupConfig, HubSource, ProceduralSource, PullConfig
-from curation.schema import problem_id
+from curation import dedup, minhash, pull
 from curation.sources import hub
+from machinery import store
+from machinery.config import DedupConfig, HubSource, ProceduralSource, PullConfig
+from machinery.schema import problem_id
 from tests.conftest import free_port
 
 WORDS = ("apple bread chair dog egg farm grape house ink jar kite lamp moon nest owl pen queen road "

@@ -7,10 +7,11 @@ import json
 
 import polars as pl
 
-from curation import dedup, generate, pull, store
-from curation.config import DedupConfig, ProceduralSource, PullConfig, TeacherConfig
+from curation import dedup, generate, pull
 from curation.teacher import prompts
 from curation.teacher.endpoints import Endpoints
+from machinery import store
+from machinery.config import DedupConfig, ProceduralSource, PullConfig, TeacherConfig
 from tests.support.fake_openai import FakeOpenAI
 
 

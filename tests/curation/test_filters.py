@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 
 from curation import answers, filters, verifier
-from curation.config import FilterConfig
 from curation.sources import procedural
 from curation.teacher.prompts import format_trace
+from machinery.config import FilterConfig
 
 REASONING = "We add the numbers one at a time and check the sum twice to be sure it is right."
 

@@ -11,11 +11,12 @@ import time
 import polars as pl
 import pytest
 
-from curation import dedup, generate, pull, store
-from curation.config import DedupConfig, ProceduralSource, PullConfig, TeacherConfig
+from curation import dedup, generate, pull
 from curation.teacher import SamplingParams, prompts
 from curation.teacher.cache import RequestCache
 from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
+from machinery import store
+from machinery.config import DedupConfig, ProceduralSource, PullConfig, TeacherConfig
 from tests.support.fake_openai import FakeOpenAI, flaky
 from tests.support.kill import kill_after_cached
 

@@ -9,10 +9,18 @@ import sys
 import polars as pl
 import pytest
 
-from curation import dedup, filters, generate, judge, pull, store
-from curation.config import DedupConfig, FilterConfig, JudgeConfig, ProceduralSource, PullConfig, TeacherConfig
+from curation import dedup, filters, generate, judge, pull
 from curation.sources import procedural
 from curation.teacher.prompts import format_trace
+from machinery import store
+from machinery.config import (
+    DedupConfig,
+    FilterConfig,
+    JudgeConfig,
+    ProceduralSource,
+    PullConfig,
+    TeacherConfig,
+)
 from tests.support.fake_openai import FakeOpenAI, flaky
 from tests.support.kill import kill_after_cached
 

@@ -17,9 +17,9 @@ import urllib.request
 import polars as pl
 import pytest
 
-from curation import dedup, filters, pull, store
-from curation.config import DedupConfig, FilterConfig, ProceduralSource, PullConfig
-
+from curation import dedup, filters, pull
+from machinery import store
+from machinery.config import DedupConfig, FilterConfig, ProceduralSource, PullConfig
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from curation import pull, store
-from curation.config import HubSource, ProceduralSource, PullConfig
+from curation import pull
+from machinery import store
+from machinery.config import HubSource, ProceduralSource, PullConfig
 from tests.conftest import write_jsonl
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation import store
-from curation.config import load_config
 from flows import stages
+from machinery import store
+from machinery.config import load_config
 from tests.conftest import free_port
 from tests.flows.test_pipeline import _solver
 from tests.flows.test_server import BIN, _api

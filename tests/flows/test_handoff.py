@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import load_config
 from flows import server, stages
+from machinery.config import load_config
 from tests.conftest import free_port
 from tests.flows.test_pipeline import _solver
 from tests.support.fake_openai import FakeOpenAI

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from curation import store
-from curation.config import load_config
 from curation.sources import procedural
 from flows import stages
 from flows.secrets import SecretError
+from machinery import store
+from machinery.config import load_config
 from tests.conftest import write_jsonl
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.markdown import bare_tags
@@ -176,8 +176,8 @@ def test_a_second_flow_on_the_same_folder_waits_in_prefect(prefect_api, tmp_path
     from prefect import get_client
 
     from curation import dedup, pull
-    from curation.config import DedupConfig, ProceduralSource, PullConfig
     from flows import pipeline
+    from machinery.config import DedupConfig, ProceduralSource, PullConfig
 
     run_dir = tmp_path / "runs" / "queued" / "v1"
     pull.run(run_dir, PullConfig(seed=3, sources=[ProceduralSource(task="basic_arithmetic", n=4)]))

@@ -16,9 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from curation import dedup, filters, generate, pull, store
-from curation.config import DedupConfig, HubSource, PullConfig, TeacherConfig, load_config
-from curation.execution import LocalExecutor
+from curation import dedup, filters, generate, pull
+from machinery import store
+from machinery.config import (
+    DedupConfig,
+    HubSource,
+    PullConfig,
+    TeacherConfig,
+    load_config,
+)
+from machinery.execution import LocalExecutor
 from tests.support import traces
 from tests.support.fake_openai import FakeOpenAI
 
@@ -28,7 +35,7 @@ FLOW = """
 import json, sys
 from pathlib import Path
 from prefect.testing.utilities import prefect_test_harness
-from curation.config import load_config
+from machinery.config import load_config
 
 run_dir, shard_rows = sys.argv[1], sys.argv[2]
 with prefect_test_harness(server_startup_timeout=120):

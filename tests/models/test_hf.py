@@ -203,8 +203,8 @@ def test_a_model_whose_weights_were_never_fetched_names_the_download_command(tmp
 def test_a_hub_teacher_writes_traces_through_the_sampler_fallback(loaded, hub):
     """teacher.backend=tunix with a Hub id: the same Teacher protocol, decoded by Tunix's Sampler for Qwen."""
     from curation import generate
-    from curation.config import TeacherConfig
     from curation.teacher import SamplingParams, prompts
+    from machinery.config import TeacherConfig
 
     teacher = generate.make_teacher(TeacherConfig(backend="tunix", model="test-org/tiny-qwen2", concurrency=4), None)
     assert isinstance(teacher.decoder, sampling.SamplerDecoder)

@@ -9,8 +9,11 @@ import time
 import polars as pl
 import pytest
 
-from curation import build, dedup, filters, generate, pull, store
-from curation.config import (
+from curation import build, dedup, filters, generate, pull
+from curation.teacher.prompts import format_trace
+from data_cards import cards
+from machinery import formats, store
+from machinery.config import (
     BuildConfig,
     Config,
     DedupConfig,
@@ -21,8 +24,6 @@ from curation.config import (
     StudentConfig,
     TeacherConfig,
 )
-from curation.teacher.prompts import format_trace
-from data_cards import cards
 from models import registry
 from models.decode import Generated
 from tests.support.fake_openai import FakeOpenAI
@@ -128,7 +129,7 @@ def test_scoring_on_planted_completions(tmp_path):
     config = _config(pass_k=2)
     held = evaluate.held_out(tmp_path, config)
     problems = held.problems.to_dicts()
-    prompt = {p["problem_id"]: build.student_prompt(p["problem"], config.student.model) for p in problems}
+    prompt = {p["problem_id"]: formats.student_prompt(p["problem"], config.student.model) for p in problems}
     right = {prompt[p["problem_id"]]: format_trace("Add them.", p["gold"]) + "<end_of_turn>" for p in problems}
     wrong = {prompt[p["problem_id"]]: format_trace("Add them.", p["gold"] + "1") for p in problems}
     # sft: the first problem right, the second unformatted but right, the third wrong.

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation import store
+from machinery import store
 from models import registry
 from tests.training import runs
 from training import grpo, lora, sft

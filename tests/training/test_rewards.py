@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from curation import filters
-from curation.config import FilterConfig
-from curation.schema import Problem, problem_id, problems_frame
 from curation.sources import procedural
 from curation.teacher.prompts import format_trace
+from machinery.config import FilterConfig
+from machinery.schema import Problem, problem_id, problems_frame
 from training import rewards
 
 REASONING = "We work it out step by step and check the result once more before answering."

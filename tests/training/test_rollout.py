@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.config import LoraConfig
+from machinery.config import LoraConfig
 from models import registry
 from models.decode import Decoder
 from tests.training import runs

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curation import store
+from machinery import store
 from models import likelihood, registry
 from tests.training import runs
 from training import lora, sft
@@ -109,7 +109,7 @@ def test_load_student_applies_the_sft_adapter(tmp_path):
 def test_one_cpu_device_is_a_1x1_auto_mesh_and_a_wrong_shape_is_named():
     import jax
 
-    from curation.config import MeshConfig
+    from machinery.config import MeshConfig
     from training import mesh
 
     one = mesh.create(MeshConfig())
@@ -120,7 +120,7 @@ def test_one_cpu_device_is_a_1x1_auto_mesh_and_a_wrong_shape_is_named():
 
 
 def test_multihost_joins_the_pod_before_making_the_mesh_and_only_then():
-    from curation.config import MeshConfig
+    from machinery.config import MeshConfig
     from training import mesh
 
     calls = []

@@ -7,8 +7,8 @@ import time
 import polars as pl
 import pytest
 
-from curation.schema import PROBLEM_SCHEMA, REJECTED_PROBLEM_SCHEMA, problem_id
 from curation.sources import hub
+from machinery.schema import PROBLEM_SCHEMA, REJECTED_PROBLEM_SCHEMA, problem_id
 from tests.conftest import write_jsonl
 
 GSM8K_ROWS = [

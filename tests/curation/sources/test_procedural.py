@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from curation.schema import PROBLEM_SCHEMA
 from curation.sources import procedural
+from machinery.schema import PROBLEM_SCHEMA
 
 TASKS = ["basic_arithmetic", "chain_sum", "gsm_symbolic", "fraction_simplification", "simple_equations"]
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PROFILES_PACKAGE = "curation.profiles"
+PROFILES_PACKAGE = "machinery.profiles"
 DEFAULT_PROFILE = "cpu-smoke"
 
 
@@ -242,7 +242,7 @@ class OrchestrationConfig(_Strict):
 class ExecutionConfig(_Strict):
     """Where the curation stages' per-row work runs; never part of a stage's key.
 
-    `local`: in this process. `ray`: as Ray tasks on a cluster (curation.execution), whose
+    `local`: in this process. `ray`: as Ray tasks on a cluster (machinery.execution), whose
     nodes must all see the run folder (shared storage). A run made with one engine is
     complete for the other: outputs are the same, so a stage done on `ray` is skipped on
     `local` and the other way round.

@@ -14,7 +14,7 @@ import time
 import polars as pl
 import pytest
 
-from curation import store
+from machinery import store
 
 
 def _result(n_kept: int = 3, n_rejected: int = 1) -> store.StageResult:
@@ -107,7 +107,7 @@ def test_process_killed_mid_write_never_leaves_a_torn_parquet(tmp_path):
     script = textwrap.dedent(f"""
         import polars as pl, sys
         from pathlib import Path
-        from curation.store import write_parquet
+        from machinery.store import write_parquet
         frame = pl.DataFrame({{"x": list(range(2_000_000))}})
         write_parquet(frame, Path({str(target)!r}))
         print("first", flush=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from curation import dedup, filters, shards
-from curation.config import DedupConfig, FilterConfig
-from curation.execution import ExecutionError, LocalExecutor
+from curation import dedup, filters
 from curation.sources import procedural
+from machinery import shards
+from machinery.config import DedupConfig, FilterConfig
+from machinery.execution import ExecutionError, LocalExecutor
 from tests.support import traces
 
 

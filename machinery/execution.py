@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from curation.config import ExecutionConfig
+    from machinery.config import ExecutionConfig
 
 logger = logging.getLogger(__name__)
 

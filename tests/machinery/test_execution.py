@@ -19,9 +19,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curation import dedup, filters, generate, pull, store
-from curation.config import DedupConfig, FilterConfig, HubSource, PullConfig, TeacherConfig, load_config
-from curation.execution import LocalExecutor, RayExecutor
+from curation import dedup, filters, generate, pull
+from machinery import store
+from machinery.config import (
+    DedupConfig,
+    FilterConfig,
+    HubSource,
+    PullConfig,
+    TeacherConfig,
+    load_config,
+)
+from machinery.execution import LocalExecutor, RayExecutor
 from tests.conftest import SHARED_DATA
 from tests.support import traces
 from tests.support.fake_openai import FakeOpenAI
@@ -33,7 +41,7 @@ GSM8K, MATH500 = SHARED_DATA / "gsm8k", SHARED_DATA / "math500"
 def test_the_local_engine_never_imports_ray(tmp_path):
     """`make run` needs no Ray: a local pull and dedup leave `ray` unimported."""
     script = ("import sys; from pathlib import Path; from curation import pull, dedup; "
-              "from curation.config import PullConfig, ProceduralSource, DedupConfig; "
+              "from machinery.config import PullConfig, ProceduralSource, DedupConfig; "
               "run = Path(sys.argv[1]); pull.run(run, PullConfig(sources=[ProceduralSource(task='chain_sum', n=5)])); "
               "dedup.run(run, DedupConfig()); print('ray' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ds" / "v1")], capture_output=True,

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from curation import store
-from curation.execution import ExecutionError, Executor, LocalExecutor
+from machinery import store
+from machinery.execution import ExecutionError, Executor, LocalExecutor
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from curation.config import ConfigError, HubSource, ProceduralSource, load_config, profile_names
+from machinery.config import (
+    ConfigError,
+    HubSource,
+    ProceduralSource,
+    load_config,
+    profile_names,
+)
 
 
 def test_every_shipped_profile_validates():

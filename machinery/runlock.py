@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from curation import store
+from machinery import store
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from curation import dedup, pull, runlock
-from curation.config import DedupConfig, ProceduralSource, PullConfig
+from curation import dedup, pull
+from machinery import runlock
+from machinery.config import DedupConfig, ProceduralSource, PullConfig
 from tests.support.fake_openai import FakeOpenAI
 
-HOLD = ("import sys, time; from pathlib import Path; from curation import runlock\n"
+HOLD = ("import sys, time; from pathlib import Path; from machinery import runlock\n"
         "with runlock.hold(Path(sys.argv[1]), 'stage test', flow_run_id='parent-run'):\n"
         "    print('held', flush=True); time.sleep(60)\n")
 
@@ -45,7 +46,7 @@ def test_a_second_writer_fails_naming_the_holder_and_a_dead_holder_is_taken_over
 
 
 KILLED_MID_WRITE = (
-    "import sys, time; from pathlib import Path; from curation import runlock, store; from models import files\n"
+    "import sys, time; from pathlib import Path; from machinery import runlock, store; from models import files\n"
     "run_dir = Path(sys.argv[1])\n"
     "with runlock.hold(run_dir, 'stage sft'), files.staged_folder(run_dir / 'sft' / 'model') as staging:\n"
     "    (staging / 'model.safetensors').write_bytes(b'half')\n"
