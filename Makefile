@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SLOW_STAMP := $(VENV)/.installed-llama
 RUN_DIR ?= runs/demo/v1
 PROFILE ?= cpu-smoke
-# ray: the Ray engine's tests run in `make test` (and so in CI); `make run` never needs it
+# ray: the Ray engine (its cluster tests run in `make test-slow`, and so in CI); `make run` never needs it
 DEV_EXTRAS := .[dev,ray]
 SLOW_EXTRAS := .[dev,llama,ray]
 # uv when present, else pip; one function so both targets install the same way (commas must
@@ -19,8 +19,7 @@ pip_install = if command -v uv >/dev/null 2>&1; then uv pip install --python $(B
 
 install: $(STAMP)
 
-# setup.py compiles curation/_stepscan.c into the checkout: a changed source reinstalls
-$(STAMP): pyproject.toml setup.py curation/_stepscan.c
+$(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "distillery needs Python >= 3.11, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -45,4 +44,4 @@ test-slow: $(SLOW_STAMP)
 	DISTILLERY_REQUIRE_SLOW=1 $(BIN)/python -m pytest -m slow
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache build curation/_stepscan*.so
+	rm -rf $(VENV) runs .pytest_cache build

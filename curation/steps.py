@@ -1,87 +1,46 @@
 """Exact arithmetic step checker: which arithmetic claims in a reasoning trace are false.
 
 A claim is `side REL side [REL side ...]`: numbers joined by + - * / ^ (x × ÷ · **, \\times \\cdot \\div
-\\frac{a}{b}, "p% of y", brackets, superscripts "10⁻³"); REL is `=` or ≈ (~=, = ~, approx, \\approx); GSM8K
-notes `<<48/2=24>>` count too. Sides become a small AST evaluated with `Fraction` (never `eval`). A link holds
-when it is equal, or: `=` with a bare decimal of d places that the other side rounds or truncates to (|a - c|
-<= 0.5 * 10**-d, or < 10**-d toward zero: GSM8K writes `<<10/3=3.33>>`, "66.666...%"); `≈` within max(half a
-unit in the last written place, 1% of the larger side), an integer's last place being its last non-zero digit
-("≈ 30" allows 25..35); a `%` read as /100 or as a label ("20% = 0.2", "15 / 90 * 100% = 16.67").
-Read as people write: "28 / 1/5 = 140" (a tight 1/5 is one number), mixed numbers "1 1/2", "80 000",
-"1{,}080", list markers "1) 3 + 4 = 7", markdown `code` and **bold**, "= 6!" as an exclamation or a factorial,
-a "$" before a measure as LaTeX math ("$ 45 kg + 12 kg = 57 kg $"), a spaced "–" as minus, units "cars/row"
-and "per hour", running totals "3/2 = 1.50 + 3 = 4.50", and "13 / 6 = 2" when the line speaks of a remainder.
-Skipped, never guessed (`skipped` counts relation signs beside a number that no checked claim used): variables
-and value-changing words ("x = 5", "n + 1 = 6", "2 dozen = 24"), claims after a connective or label ("3 times
-4 = 12", "Week 2 = 35 + 35"), dates, times, ratios, ranges, ordinals, division by zero, huge or irrational
-powers, "100 - 20%", sums of different measures, conversions ("1 hour = 60 minutes", "$1 / 2 = 50 cents"),
-labels ("Area of 4 bedrooms = 121 * 4") and prose restatements ("4 = 4"). A chain whose first side is such a
-tail still has its later links checked ("a_5 = 2 + 4 \\cdot 3 = 14", "f(2) = 2^2 + 1 = 5"); LaTeX's alignment
-"&=" reads as "=". Measured: 27 of GSM8K train's 7,473 answers flagged, each a real slip of GSM8K's own
-("14*20=140"). The guards come from false alarms seen there, in GSM8K test and MATH-500 solutions, and in the
-hand-written look-alikes of tests/curation/test_steps.py.
+\\frac{a}{b}, "p% of y", brackets, superscripts "10⁻³"); REL is `=` or ≈ (~=, = ~, approx, \\approx). GSM8K
+notes `<<48/2=24>>` count too, and so do verbal claims ("the sum of 5 and 6 is 11", `curation.step_words`).
+Sides are read by `curation.step_reader` and evaluated exactly with `Fraction` (never `eval`). A link holds
+when it is equal, or: `=` with a bare decimal of d places that the other side rounds or truncates to
+(`<<10/3=3.33>>`, "66.666...%"); `≈` within max(half a unit in the last written place, 1% of the larger
+side), an integer's last place being its last non-zero digit ("≈ 30" allows 25..35); a `%` read as /100 or
+as a label ("20% = 0.2", "15 / 90 * 100% = 16.67"); "= 6!" as an exclamation or a factorial; "13 / 6 = 2"
+when the line speaks of a remainder; a running total "3/2 = 1.50 + 3 = 4.50" restarts at 1.50.
 
-`check` runs these rules compiled (curation/_stepscan.c, a line-for-line port, ~36x faster: the filter stage's
-budget) where setup.py could build it; this Python code is the reference it is tested against, the path where
-it is missing, and the path for what the port hands back (numbers past 2^125, fractional powers, deep nesting).
+Skipped, never guessed (`skipped` counts relation signs beside a number that no checked claim used):
+variables and value-changing words ("x = 5", "2 dozen = 24"), claims after a connective or a label ("3 times
+4 = 12", "Week 2 = 35 + 35"), dates, times, ratios, ranges, division by zero, huge or irrational powers,
+numbers past 4,300 digits, sums of different measures, conversions ("1 hour = 60 minutes") and labels
+("Area of 4 bedrooms = 121 * 4"). A chain whose first side is such a tail still has its later links checked
+("f(2) = 2^2 + 1 = 5"). Bare integers restated in prose ("4 = 4") are checked only where they stand alone
+as a claim ("So 7 = 9."): not as list markers, labels, years or counts.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple, Sequence
 
-try:  # the same checker in C, ~36x faster (setup.py builds it where a C compiler exists)
-    from curation import _stepscan
-except ImportError:
-    _stepscan = None
+from curation import step_words
+from curation.step_reader import (MEASURES, MONEY, BinOp, Lit, Node, Parser, Symbolic, Tok, Unevaluable, has_lit,
+                                  is_unit, leftmost, shown_as, tokenize, value)
 
 logger = logging.getLogger(__name__)
 
-# Alternatives in order of frequency (words first); the leading \s* spares failing all of them at each space.
-_TOKEN = re.compile(
-    r"""\s*(?:(?P<rel>~=|=~|==|=|≈|≃|~|\\approx(?![A-Za-z])|approx(?:imately)?\b\.?)
-    |(?P<word>[A-Za-z]+(?:'[a-z]+)?)
-    |(?P<block>\d{4}-\d\d?-\d\d?|\d\d?/\d\d?/\d{4}|\d\d?:\d\d|\d+(?:st|nd|rd|th)\b|0\d+)
-    |(?P<mixed>(?:[$€£¥]\s*)?\d+\s+(?:and\s+)?(?:[$€£¥]\s*)?(?:\([1-9]\d*/\d+\)|[1-9]\d*/\d+)(?![\d/.]))
-    |(?P<num>(?:(?:[$€£¥]|\\\$)\s*)?
-        (?:\d{1,3}(?:(?:,|\{,\})\d{3})+(?!\d)|\d{1,3}(?:[ ]\d{3})+(?!\d)|\d+|(?<![\w.])(?=\.\d))
-        (?:\.\d+(?:\.\.\.|…)?)?(?:\s*(?:\\?%|percent\b))?)
-    |(?P<other>\\[][()]|\\(?:begin|end)\{[A-Za-z*]*\})
-    |(?P<sup>⁻?[⁰¹²³⁴⁵⁶⁷⁸⁹]+)
-    |(?P<op>\*\*|[-+*/^×÷·⋅−]|(?<=\s)–(?=\s)|\\(?:times|cdot|div)(?![A-Za-z]))
-    |(?P<frac>\\[dt]?frac(?![A-Za-z]))
-    |(?P<lp>\\left\(|[({\[])
-    |(?P<rp>\\right\)|[)}\]])
-    |(?P<cmd>\\[A-Za-z]+)
-    |(?P<junk>\S))""",
-    re.X,
-)
-_NUM = re.compile(
-    r"(?P<cur>[$€£¥]|\\\$)?\s*(?P<int>\d(?:[\d, ]|\{,\})*|)"  # "1,080", "80 000", LaTeX's "1{,}080"
-    r"(?:\.(?P<dec>\d+))?(?:\.\.\.|…)?\s*(?P<pct>\\?%|percent)?")
-_MIXED = re.compile(r"\D*(\d+)\D+(\d+)/(\d+)")
 _ANNOTATION = re.compile(r"<<([^<>\n]*)>>")
 _DIGIT, _LINE = re.compile(r"\d"), re.compile(r"[^\n]+")
+# A line longer than this is no step anyone wrote (GSM8K and MATH-500 lines stay under 3,000
+# characters): it is skipped and counted, so one junk line of 100 KB costs nothing to tokenize.
+MAX_LINE_CHARS = 10_000
 _RELATION = re.compile(r"[=≈≃~]|approx")
-_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 _ALIGNED = re.compile(r"&(?=\s*(?:=|≈|\\approx(?![A-Za-z])))")
-_OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "·": "*", "⋅": "*", "\\times": "*",
-        "\\cdot": "*", "/": "/", "÷": "/", "\\div": "/", "^": "^", "**": "^"}
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "of": 2, "implicit": 2, "^": 3}
-# Words after a number that change its value, or plain English: never its unit.
-_NOT_UNITS = frozenset(
-    "times plus minus over divided multiplied by of and or than less more fewer per into from to squared cubed "
-    "sqrt root log ln sin cos tan exp mod pi dozen dozens hundred hundreds thousand thousands million millions "
-    "billion billions trillion half halves third thirds quarter quarters twice double triple percent is are "
-    "was were be equals equal gives makes because so then thus hence which that this it he she they we you "
-    "the an in on at for with after before if but not there here now also total left remaining only just "
-    "about am pm means mean becomes yields costs".split())
 # A claim right after one of these ends a verbal computation: "3 times 4 + 1 = 13".
 _CONNECTIVES = frozenset(
     "times plus minus over by than into from divided multiplied per twice thrice double triple half less more "
@@ -93,35 +52,10 @@ _LABELS = frozenset("day week month year step page chapter case part level round
 # "of" after these (or after a number) multiplies: "half of 10 + 2" is not "10 + 2".
 _FRACTION_WORDS = frozenset("half halves third thirds quarter quarters fourth fourths fifth fifths sixth "
                             "sixths tenth tenths twice double triple square cube root percent product".split())
-# Units that convert into one another, as `number` stores them (lower case, one trailing "s" cut).
-_MONEY = frozenset("cent pennie penny nickel dime quarter dollar".split())
-_MEASURES = _MONEY | frozenset(
-    "second sec minute min hour hr day week month year inche inch foot feet yard mile mm cm meter metre km "
-    "kilometer ounce oz pound lb gram kg ton tonne cup pint quart gallon liter litre ml teaspoon tablespoon".split())
-_PHYSICAL = _MEASURES - _MONEY
+# Words after which integers joined by "=" claim: "So 7 = 9".
+_DISCOURSE = frozenset("so thus hence therefore then now because since means gives get gets makes is".split())
+_MARKUP = frozenset(("-", "*", "•", ">", "`", ":"))  # a bullet, a quote, code, "**Step 2:** 7 = 9"
 _GLUE_BEFORE, _PUNCT = frozenset("([{$\"'“‘=*~`"), frozenset(".,;:?")
-_MAX_BITS = 20_000  # larger powers are skipped: exact, but not worth the time
-
-
-_Tok = NamedTuple("_Tok", [("kind", str), ("start", int), ("end", int), ("text", str)])
-_tok = functools.partial(tuple.__new__, _Tok)  # C-level construction: tokenizing is the hot loop
-# A number as written: `ulp` is one unit in its last decimal place (0 for integers), `zeros` an integer's
-# trailing zeros (its last written place under ≈), `fancy` a percent, decimal, mixed number or thousands
-# separator (a notation worth checking), `unit` "apple", "car/row", or "$" for a currency sign.
-_Lit = NamedTuple("_Lit", [("value", Fraction), ("ulp", Fraction), ("zeros", int), ("pct", bool),
-                           ("fancy", bool), ("unit", "str | None")])
-
-
-class _NoParse(Exception):
-    """No expression at this position: the parser backs off."""
-
-
-class _Symbolic(Exception):
-    """A side holds a variable or a value-changing word: not an arithmetic claim."""
-
-
-class _Unevaluable(Exception):
-    """Parsed, but with no exact rational value to trust."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,9 +85,7 @@ def check(text: str) -> StepReport:
     """Parse and exactly evaluate every arithmetic claim in a reasoning trace."""
     if text is not None and not isinstance(text, str):
         raise TypeError(f"check() reads a trace as str (None as empty), got {type(text).__name__}: {text!r:.60}")
-    if _stepscan is not None and text and (found := _stepscan.check(text)) is not None:
-        return StepReport(checked=found[0], skipped=found[1], false=found[2])
-    return _check_python(text)
+    return _check(text)
 
 
 def check_many(texts: Sequence[str | None]) -> StepTally:
@@ -162,80 +94,69 @@ def check_many(texts: Sequence[str | None]) -> StepTally:
     for i, text in enumerate(texts):
         if text is not None and not isinstance(text, str):
             raise TypeError(f"check_many() reads str or None, item {i} is {type(text).__name__}: {text!r:.60}")
-    if _stepscan is None:
-        found = [None] * len(texts)
-        checked = skipped = 0
-    else:
-        checked, skipped, found = _stepscan.check_many(texts)
-    for i, false in enumerate(found):
-        if false is None:  # no compiled checker, or a trace it handed back
-            report = _check_python(texts[i])
-            checked, skipped, found[i] = checked + report.checked, skipped + report.skipped, report.false
+    checked = skipped = 0
+    found = []
+    for text in texts:
+        report = _check(text)
+        checked, skipped = checked + report.checked, skipped + report.skipped
+        found.append(report.false)
     return StepTally(checked=checked, skipped=skipped, false=found)
 
 
-def _check_python(text: str | None) -> StepReport:
-    """`check` in Python: the reference the compiled `_stepscan` must match, and the path where it is missing."""
+def _check(text: str | None) -> StepReport:
+    """`check` without the type check: notes first, then the prose (symbolic claims by line, verbal ones)."""
     if not text or not _DIGIT.search(text):
         return StepReport(checked=0, skipped=0, false=[])
-    segments, prose = [], text
+    notes, prose = [], text
     if "<<" in text:
-        segments = [(text, m.start(1), m.end(1), True) for m in _ANNOTATION.finditer(text)]
+        notes = [(text, m.start(1), m.end(1), True) for m in _ANNOTATION.finditer(text)]
         prose = _ANNOTATION.sub(lambda m: " " * len(m.group()), text)  # same length: offsets hold
     if "&" in prose:  # LaTeX alignment, "12 \times 15 &= 180 \\": a space, so the claim reads on
         prose = _ALIGNED.sub(" ", prose)
-    segments += [(prose, *m.span(), False) for m in _LINE.finditer(prose) if _RELATION.search(m.group())]
-    checked = skipped = 0
-    false: list[str] = []
-    for segment in segments:
-        c, s, spans = _check_segment(*segment)
+    checked, skipped, spans = step_words.check(prose)
+    noted: list[tuple[int, int]] = []
+    for segment in notes + [(prose, *m.span(), False) for m in _LINE.finditer(prose) if _RELATION.search(m.group())]:
+        if segment[2] - segment[1] > MAX_LINE_CHARS:
+            skipped += 1
+            continue
+        c, s, found = _check_segment(*segment)
         checked, skipped = checked + c, skipped + s
-        false.extend(text[a:b] for a, b in spans)
-    return StepReport(checked=checked, skipped=skipped, false=false)
+        (noted if segment[3] else spans).extend(found)
+    return StepReport(checked=checked, skipped=skipped, false=[text[a:b] for a, b in noted + sorted(spans)])
 
 
-def _tokenize(text: str, lo: int, hi: int) -> list[_Tok]:
-    """Tokens of text[lo:hi]; adjacent relation signs merge, ranges and improper "5 7/3" become blocks."""
-    toks: list[_Tok] = []
-    for m in _TOKEN.finditer(text, lo, hi):
-        kind = m.lastgroup
-        start, end, word = m.start(kind), m.end(), m.group(kind)
-        if kind == "mixed":
-            _, top, bottom = map(int, _MIXED.match(word).groups())
-            kind = "num" if top < bottom else "block"
-        elif kind == "sup":  # "5²", "10⁻³": a power written as superscript, split into ^, sign and digits
-            toks.append(_tok(("op", start, start, "^")))
-            if word[0] == "⁻":
-                toks.append(_tok(("op", start, start + 1, "-")))
-                start += 1
-            kind, word = "num", word.lstrip("⁻").translate(_SUPERSCRIPTS)
-        elif word == "**" and (start == lo or text[start - 1].isspace()) != (end == hi or text[end].isspace()):
-            continue  # markdown bold, "**3 + 4 = 7** apples", "= **200** - 16": a power is spaced alike on both sides
-        elif kind == "rel" and word == "~" and not (toks and toks[-1].kind == "rel"):
-            kind = "junk"  # a lone "~" may be a range ("1.5~2.5"); "= ~3.3" is approximate
-        elif kind == "rel":
-            approx = word not in ("=", "==")
-            if toks and toks[-1].kind == "rel":  # "= ~3.3", "= approx 3.3"
-                approx, start = approx or toks[-1].text == "≈", toks.pop().start
-            word = "≈" if approx else "="
-        elif (kind == "num" and len(toks) > 1 and toks[-1].text == "-" and toks[-2].kind == "num"
-              and (len(toks) == 2 or toks[-3].kind == "word") and toks[-2].end == toks[-1].start
-              and toks[-1].end == start and word.isdigit() and toks[-2].text.isdigit()
-              and int(toks[-2].text) < int(word)):
-            start, kind = toks[-2].start, "block"  # "Weeks 1-2", "takes 5-10": a range
-            del toks[-2:]
-        toks.append(_tok((kind, start, end, word)))
-    return toks
+class _Line:
+    """One segment's text and tokens, with what the context rules look up more than once."""
+
+    def __init__(self, text: str, lo: int, hi: int, toks: list[Tok]):
+        self.text, self.lo, self.hi, self.toks, self.n = text, lo, hi, toks, len(toks)
+        self._first_lp: int | None = None
+        self.remain_at = text.rfind("remain", lo, hi)  # "13 / 6 = 2 ... remainder 1"
+
+    def first_lp(self) -> int:
+        """Index of the line's first opening bracket (n when none), found once."""
+        if self._first_lp is None:
+            self._first_lp = next((k for k, t in enumerate(self.toks) if t.kind == "lp"), self.n)
+        return self._first_lp
+
+    def tok(self, k: int) -> Tok | None:
+        """Token k, None outside the line."""
+        return self.toks[k] if 0 <= k < self.n else None
+
+
+def _starts_claim(toks: list[Tok], j: int) -> bool:
+    """Whether a claim may start at token j: a number, a bracket, \\frac, or a tight minus ("-5")."""
+    t = toks[j]
+    return t.kind in ("num", "lp", "frac") or (
+        t.text in ("-", "−") and j + 1 < len(toks) and toks[j + 1].kind == "num" and toks[j + 1].start == t.end)
 
 
 def _check_segment(text: str, lo: int, hi: int, note: bool) -> tuple[int, int, list[tuple[int, int]]]:
     """Checked count, skipped count and the spans of false claims in text[lo:hi] (a line, or a note)."""
-    toks = _tokenize(text, lo, hi)
-    parser, checked, false, used, j = _Parser(toks), 0, [], set(), 0
-    while j < len(toks):
-        t, nxt = toks[j], toks[j + 1] if j + 1 < len(toks) else None
-        if t.kind not in ("num", "lp", "frac") and not (  # a claim may also start with "-5"
-                t.text in ("-", "−") and nxt is not None and nxt.kind == "num" and nxt.start == t.end):
+    toks = tokenize(text, lo, hi)
+    line, parser, checked, false, used, j = _Line(text, lo, hi, toks), Parser(toks), 0, [], set(), 0
+    while j < line.n:
+        if toks[j].kind not in ("num", "lp", "frac") and not _starts_claim(toks, j):  # most tokens: no call
             j += 1
             continue
         try:
@@ -244,15 +165,16 @@ def _check_segment(text: str, lo: int, hi: int, note: bool) -> tuple[int, int, l
                 j = max(j + 1, parser.i)
                 continue
             sides, rels, e = claim
-            verdict = None
-            if not _left_ok(text, toks, j, lo, e):
-                if len(rels) > 1:  # "a_5 = 2 + 4 \cdot 3 = 14": the first side is a tail, the rest still claims
-                    j = next(k for k in range(j, e) if toks[k] is rels[0]) + 1
-                    continue
-            elif _right_ok(text, toks, e, hi):
-                end = toks[e - 1].end
-                verdict = _judge(sides, rels, note, remainder="remain" in text[end:hi], bang=text[end : end + 1] == "!")
-        except _Symbolic:
+            # "a_5 = 2 + 4 \cdot 3 = 14": the first side is a tail, the rest still claims (and parses alike)
+            head = 0
+            while not (ok := _left_ok(line, j, e)) and len(rels) - head > 1 and _starts_claim(toks, rels[head] + 1):
+                j, head = rels[head] + 1, head + 1
+            if not ok:
+                j = rels[head] + 1 if len(rels) - head > 1 else e
+                continue
+            sides, rels = (sides[head:], rels[head:]) if head else (sides, rels)
+            verdict = _judge(line, j, e, sides, [toks[r] for r in rels], note) if _right_ok(line, e) else None
+        except Symbolic:
             j += 1
             continue
         except RecursionError:  # "((((...))))" thousands deep: the rest of the line is counted as skipped
@@ -260,287 +182,210 @@ def _check_segment(text: str, lo: int, hi: int, note: bool) -> tuple[int, int, l
             break
         if verdict is not None:
             checked += 1
-            used.update(r.start for r in rels)
+            used.update(rels)
             if not verdict:
                 false.append((toks[j].start, toks[e - 1].end))
         j = e
-    skipped = sum(1 for i, t in enumerate(toks) if t.kind == "rel" and t.start not in used and (
-        (i and toks[i - 1].kind in ("num", "rp"))
-        or (i + 1 < len(toks) and toks[i + 1].kind in ("num", "lp", "frac"))))
+    skipped = sum(1 for i, t in enumerate(toks) if t.kind == "rel" and i not in used and (
+        (i and toks[i - 1].kind in ("num", "rp")) or (i + 1 < line.n and toks[i + 1].kind in ("num", "lp", "frac"))))
     return checked, skipped, false
 
 
-def _left_ok(text: str, toks: list[_Tok], j: int, lo: int, e: int) -> bool:
-    """False when the claim is the tail of something bigger: "n + 1", "3:4", "times 4", "f(2)"."""
-    start = toks[j].start
-    if start > lo and text[start - 1] not in _GLUE_BEFORE and not text[start - 1].isspace():
-        return text[start - 1] == ":" and start - 2 >= lo and text[start - 2].isalpha()  # "Third year:88-22"
-    prev, before = toks[j - 1] if j else None, toks[j - 2] if j > 1 else None
+# ---- the left edge: is the claim whole, or the tail of something bigger?
+
+def _left_ok(line: _Line, j: int, e: int) -> bool:
+    """False when the claim starting at token j is the tail of something bigger: "n + 1 = 6"."""
+    if _glued_to_text(line, j):
+        return _after_colon_label(line, j)
+    prev = line.tok(j - 1)
     if prev is None:
         return True
-    if prev.kind == "op":  # a binary operator whose left operand lies outside the claim
-        return before is None or before.kind in ("lp", "rel") or before.text in _PUNCT
+    if prev.kind == "op":
+        return not _operand_outside(line, j)
     if prev.kind == "word":
-        word = prev.text.lower()
-        if word in _CONNECTIVES or word in _LABELS or (before is not None and (
-                before.kind == "op" or (before.kind == "num" and _is_unit(prev)))):
-            return False  # "3 times 4", "Week 2", "25 classmates + his 1 teacher", "6 feet 2 inches"
-        if word == "at":  # "90 bulbs at $.50 = $45" prices a count; "at 5 + 18 = 23" computes
-            return not (j + 1 < len(toks) and toks[j + 1].kind == "rel")
-        return word != "of" or before is None or not (before.kind == "num" or before.text.lower() in _FRACTION_WORDS)
-    if prev.kind == "lp":  # "($100*(10/100) = 110": a claim inside a bracket must close it
-        return e < len(toks) and toks[e].kind == "rp"
-    if prev.text == "." and before is not None and before.kind == "op":
-        return False  # ".8 + . 84": a decimal broken by a space
-    if prev.text == "," and before is not None and before.kind == "num" and before.end == prev.start:
-        return not (len(before.text) <= 3 and len(toks[j].text) == 3)  # "14, 400": a stray space
-    if prev.text == ")" and before is not None and before.end == prev.start and (
+        return not (_after_connective(line, j) or _after_label(line, j) or _continues_a_sum(line, j)
+                    or _compound_quantity(line, j) or _priced_per_item(line, j) or _a_part_of(line, j))
+    if prev.kind == "lp":
+        return _closes_its_bracket(line, e)
+    if _broken_decimal(line, j) or _stray_thousands_space(line, j):
+        return False
+    if prev.kind == "rp":
+        return _after_list_marker(line, j)
+    return prev.kind not in ("num", "block", "cmd")
+
+
+def _glued_to_text(line: _Line, j: int) -> bool:
+    """Whether the claim's first character touches text (not "(", "$" or "=") before it: "f(2) = 4"."""
+    start = line.toks[j].start
+    return start > line.lo and line.text[start - 1] not in _GLUE_BEFORE and not line.text[start - 1].isspace()
+
+
+def _after_colon_label(line: _Line, j: int) -> bool:
+    """Whether a glued claim follows a word and a colon: "Third year:88-22 = 66"."""
+    start = line.toks[j].start
+    return line.text[start - 1] == ":" and start - 2 >= line.lo and line.text[start - 2].isalpha()
+
+
+def _operand_outside(line: _Line, j: int) -> bool:
+    """Whether the operator before the claim has its left operand outside it: "n + 1 = 6" read at "1"."""
+    before = line.tok(j - 2)
+    return before is not None and before.kind not in ("lp", "rel") and before.text not in _PUNCT
+
+
+def _after_connective(line: _Line, j: int) -> bool:
+    """Whether a verbal operation takes the claim's first number: "3 times 4 = 12"."""
+    return line.toks[j - 1].text.lower() in _CONNECTIVES
+
+
+def _after_label(line: _Line, j: int) -> bool:
+    """Whether the claim's first number is a name: "Week 2 = 35 + 35"."""
+    return line.toks[j - 1].text.lower() in _LABELS
+
+
+def _continues_a_sum(line: _Line, j: int) -> bool:
+    """Whether an operator before the word before the claim makes it a later term: "25 classmates + his 1 teacher"."""
+    before = line.tok(j - 2)
+    return before is not None and before.kind == "op"
+
+
+def _compound_quantity(line: _Line, j: int) -> bool:
+    """Whether the claim continues a quantity in two units: "6 feet 2 inches = 74 inches"."""
+    before = line.tok(j - 2)
+    return before is not None and before.kind == "num" and is_unit(line.toks[j - 1])
+
+
+def _priced_per_item(line: _Line, j: int) -> bool:
+    """Whether a lone price follows "at", pricing a count: "90 bulbs at $.50 = $45"."""
+    return line.toks[j - 1].text.lower() == "at" and (nxt := line.tok(j + 1)) is not None and nxt.kind == "rel"
+
+
+def _a_part_of(line: _Line, j: int) -> bool:
+    """Whether "of" after a number or a fraction word takes the claim as its operand: "half of 10 + 2 = 7"."""
+    before = line.tok(j - 2)
+    return line.toks[j - 1].text.lower() == "of" and before is not None and (
+        before.kind == "num" or before.text.lower() in _FRACTION_WORDS)
+
+
+def _closes_its_bracket(line: _Line, e: int) -> bool:
+    """Whether a claim opened inside a bracket closes it: "($100 * 2 = $200)"."""
+    return (after := line.tok(e)) is not None and after.kind == "rp"
+
+
+def _broken_decimal(line: _Line, j: int) -> bool:
+    """Whether the claim continues a decimal broken by a space: ".8 + . 84 = 1.64"."""
+    before = line.tok(j - 2)
+    return line.toks[j - 1].text == "." and before is not None and before.kind == "op"
+
+
+def _stray_thousands_space(line: _Line, j: int) -> bool:
+    """Whether the claim starts inside a number written with a stray space: "14, 400 / 80 = 180"."""
+    prev, before = line.toks[j - 1], line.tok(j - 2)
+    return (prev.text == "," and before is not None and before.kind == "num" and before.end == prev.start
+            and len(before.text) <= 3 and len(line.toks[j].text) == 3)
+
+
+def _after_list_marker(line: _Line, j: int) -> bool:
+    """Whether a ")" before the claim closes a list marker ("1)", "(b)", "Case 2)"), not a factor: "1) 3 + 4 = 7"."""
+    prev, before = line.toks[j - 1], line.tok(j - 2)
+    if prev.text != ")" or before is None or before.end != prev.start or not (
             (before.kind == "num" and before.text.isdigit()) or (before.kind == "word" and len(before.text) == 1)):
-        opener = toks[j - 3] if j > 2 else None  # a list marker: "1) 3 + 4 = 7", "Case 2) ...", "(b) ..."
-        if opener is not None and opener.text == "(":
-            return j == 3 or toks[j - 4].kind == "word"
-        return not any(t.kind == "lp" for t in toks[: j - 2])  # not "(1/2) 278 + 11"
-    return prev.kind not in ("num", "block", "rp", "cmd")  # "(1/2) 278 + 11", "5\\star 1 = 9"
+        return False
+    opener = line.tok(j - 3)
+    if opener is not None and opener.text == "(":
+        return j == 3 or line.toks[j - 4].kind == "word"
+    return line.first_lp() >= j - 2
 
 
-def _right_ok(text: str, toks: list[_Tok], e: int, hi: int) -> bool:
-    """False when the last side goes on in a way not parsed: "= 2 + n", "= 3:4", "= 8 5%"."""
-    end = toks[e - 1].end
-    if end < hi and not text[end].isspace():
-        c, c2 = text[end], text[end + 1 : end + 2]
-        if (c.isalnum() or c in "/^_-−–(" or (c in ".:" and (c2.isdigit() or c2 == "\\"))
-                or (c == "," and c2.strip()) or (c == "!" and c2 != "" and (c2.isalnum() or c2 in "=("))):
-            return False  # "= 5-year", "= 3:4", "= 3!2", "= 0.\\overline{3}", "= 729,\\!000"
-    if e < len(toks) and (toks[e].kind in ("num", "block", "frac") or (toks[e].kind == "lp" and toks[e].start == end)
-                          or (e + 1 < len(toks) and _is_unit(toks[e]) and toks[e + 1].kind == "num")):
-        return False  # "= 8 5% increases", "= 37 \\frac{1}{2}", "= \\frac{1}{4}\\left(", "= 2 hours 30 minutes"
-    return not (e + 1 < len(toks) and toks[e].kind == "op"
-                and toks[e + 1].kind in ("num", "lp", "word", "frac", "cmd", "block"))
+# ---- the right edge: does the last side end where the parse ended?
+
+def _right_ok(line: _Line, e: int) -> bool:
+    """False when the last side goes on in a way not parsed: "= 2 + n"."""
+    return not (_glued_after(line, e) or _number_follows(line, e) or _expression_goes_on(line, e))
 
 
-class _Parser:
-    """Precedence climbing over one segment's tokens into ("lit", _Lit), ("neg", a), ("()", a), (op, a, b)."""
-
-    def __init__(self, toks: list[_Tok]):
-        self.toks, self.n, self.i, self.first_side = toks, len(toks), 0, True
-
-    def peek(self, k: int = 0) -> _Tok | None:
-        return self.toks[self.i + k] if self.i + k < self.n else None
-
-    def claim(self, j: int) -> tuple[list[tuple], list[_Tok], int] | None:
-        """Sides and relation tokens of the claim starting at token j, and the index after it."""
-        self.i, self.first_side = j, True
-        try:
-            sides = [self.expr()]
-        except _NoParse:
-            self.i = j
-            return None
-        self.first_side, rels = False, []  # "= 1/3 of $150" describes, it does not multiply
-        while (t := self.peek()) is not None and t.kind == "rel":
-            save, self.i = self.i, self.i + 1
-            try:
-                sides.append(self.expr())
-            except _NoParse:
-                self.i = save
-                break
-            rels.append(t)
-        return (sides, rels, self.i) if rels else None
-
-    def expr(self, floor: int = 1) -> tuple:
-        """+ - bind loosest, then * / x "of" 2(3), then ^ ** (right-associative)."""
-        node = self.unary()
-        while (t := self.peek()) is not None and (op := self._op_of(t, node)) is not None and _PREC[op] >= floor:
-            save = self.i
-            self.i += op != "implicit"
-            try:
-                rhs = self.expr(_PREC[op] + (op != "^"))
-            except _NoParse:
-                self.i = save
-                break
-            node = ("*" if op in ("of", "implicit") else op, node, rhs)
-        return node
-
-    def _op_of(self, t: _Tok, left: tuple) -> str | None:
-        if t.kind == "op":
-            return _OPS.get(t.text)
-        if t.kind == "word" and self._op_word(self.i):
-            if t.text in ("x", "X"):
-                return "*"
-            # "of" multiplies after a percent or a written fraction a/b, and only before the first `=`
-            part = left[1].pct if left[0] == "lit" else left[0] == "/" and left[1][0] == left[2][0] == "lit"
-            return "of" if self.first_side and part else None
-        return "implicit" if t.kind == "lp" and t.start == self.toks[self.i - 1].end else None  # 2(3 + 4)
-
-    def _op_word(self, j: int) -> bool:
-        """Whether token j is "x" or "of" used as an operator before an operand."""
-        return (j + 1 < self.n and self.toks[j].kind == "word" and self.toks[j].text in ("x", "X", "of")
-                and self.toks[j + 1].kind in ("num", "lp", "frac"))
-
-    def unary(self) -> tuple:
-        if (t := self.peek()) is None or t.text not in ("-", "−"):
-            return self.atom()
-        self.i += 1
-        inner = self.expr(_PREC["^"])  # -2^2 is -(2^2): `_value` refuses it as ambiguous
-        return ("lit", inner[1]._replace(value=-inner[1].value)) if inner[0] == "lit" else ("neg", inner)
-
-    def atom(self) -> tuple:
-        if (t := self.peek()) is None:
-            raise _NoParse
-        self.i += 1
-        if t.kind == "num":
-            node, i, toks = ("lit", self.number(t)), self.i, self.toks
-            if (i + 1 < self.n and toks[i].text == "/" and toks[i - 1].kind == toks[i + 1].kind == "num"
-                    and toks[i].start == toks[i - 1].end and toks[i + 1].start == toks[i].end
-                    and not (i > 1 and toks[i - 2].text in ("^", "**"))
-                    and not (i + 2 < self.n and toks[i + 2].text in ("^", "**"))):
-                self.i += 2  # "28 / 1/5": a tight 1/5 is one number (but 2^1/2 is left alone)
-                node = ("/", node, ("lit", self.number(toks[i + 1])))
-            return node
-        if t.kind == "op" and t.text == "**":  # markdown bold around a result: "= **7**"
-            return self.atom()
-        if t.kind == "lp":
-            inner = self.expr()
-            if (close := self.peek()) is None or close.kind != "rp":
-                raise _NoParse
-            self.i += 1
-            return ("()", inner)
-        if t.kind == "frac" and (brace := self.peek()) is not None and brace.kind == "lp":
-            top = self.atom()
-            if (brace := self.peek()) is not None and brace.kind == "lp":
-                return ("/", top, self.atom())
-        self.i -= 1
-        raise _NoParse
-
-    def number(self, t: _Tok) -> _Lit:
-        """The literal at t and its unit: up to two words, then a rate ("cars/row", "$5 per hour")."""
-        lit, toks, start = _literal(t.text), self.toks, self.i
-        j = start
-        while j < self.n and j - start < 2 and _is_unit(toks[j]):
-            j += 1
-        rate = self._rate(j)
-        j += 2 if rate else 0
-        if j == start and (j >= self.n or toks[j].kind != "word"):
-            return lit  # the common case: no word after the number
-        nxt, after, op_word = self.peek(j - start), self.peek(j - start + 1), self._op_word(j)
-        if nxt is not None and nxt.kind == "word" and not op_word:
-            if nxt.start == toks[j - 1].end or (after is not None and after.kind in ("op", "rel")):
-                raise _Symbolic(nxt.text)  # "2x", "3 n + 1", "2 dozen = 24"
-        if j > start and nxt is not None and nxt.text in ("/", "^", "**") and nxt.start == toks[j - 1].end:
-            raise _Symbolic(toks[j - 1].text)  # "5 minutes/100 meters", "12 cm^2"
-        named = toks[start].text.lower().rstrip("s") if j > start + (2 if rate else 0) else ""
-        # "$ 45 kg + 12 kg": a "$" before a measure opens LaTeX math; it is no currency
-        unit = named if lit.unit == "$" and named in _PHYSICAL else lit.unit or named
-        if j > start and (rate == "/" or (nxt is not None and (nxt.kind in ("op", "rel") or op_word))):
-            self.i = j  # "5 apples + 3 apples": the units sit inside the expression
-        return lit._replace(unit=unit + ("/" + toks[j - 1].text.lower().rstrip("s") if rate else "") or None)
-
-    def _rate(self, j: int) -> str | None:
-        """ "/" or "per" when tokens j, j+1 make a rate after a number or unit: "cars/row", "per hour"."""
-        if j + 1 >= self.n or not _is_unit(self.toks[j + 1]):
-            return None
-        sep, word = self.toks[j], self.toks[j + 1]
-        if sep.text == "/" and sep.start == self.toks[j - 1].end and word.start == sep.end:
-            return "/"
-        return "per" if sep.kind == "word" and sep.text.lower() == "per" else None
+def _glued_after(line: _Line, e: int) -> bool:
+    """Whether text touching the last side continues it: "= 5-year"."""
+    text, end = line.text, line.toks[e - 1].end
+    if end >= line.hi or text[end].isspace():
+        return False
+    c, c2 = text[end], text[end + 1 : end + 2]
+    return (c.isalnum() or c in "/^_-−–(" or (c in ".:" and (c2.isdigit() or c2 == "\\"))
+            or (c == "," and c2.strip() != "") or (c == "!" and c2 != "" and (c2.isalnum() or c2 in "=(")))
 
 
-def _is_unit(t: _Tok) -> bool:
-    return t.kind == "word" and len(t.text) > 1 and t.text.lower() not in _NOT_UNITS
+def _number_follows(line: _Line, e: int) -> bool:
+    """Whether another number follows the last side: "= 2 hours 30 minutes"."""
+    nxt, after = line.tok(e), line.tok(e + 1)
+    return nxt is not None and (nxt.kind in ("num", "block", "frac")
+                                or (nxt.kind == "lp" and nxt.start == line.toks[e - 1].end)
+                                or (after is not None and is_unit(nxt) and after.kind == "num"))
 
 
-@functools.lru_cache(maxsize=8192)
-def _literal(s: str) -> _Lit:
-    """Value and written precision of a number token such as "$1,080.50", "12.5%" or "1 1/2"."""
-    m = _NUM.match(s)
-    currency = "$" if m["cur"] else None
-    if "/" in s:  # a mixed number; the tokenizer made sure it is proper
-        whole, top, bottom = map(int, _MIXED.match(s).groups())
-        return _Lit(Fraction(whole * bottom + top, bottom), Fraction(0), 0, False, True, currency)
-    digits, dec = re.sub(r"[, {}]", "", m["int"]) or "0", m["dec"] or ""
-    value, ulp = Fraction(int(digits + dec), 10 ** len(dec)), Fraction(1, 10 ** len(dec)) if dec else Fraction(0)
-    zeros = len(digits) - len(digits.rstrip("0")) if not dec and digits.strip("0") else 0
-    if m["pct"]:
-        value, ulp = value / 100, ulp / 100
-    fancy = bool(m["pct"] or dec or "," in m["int"] or " " in m["int"].strip())
-    return _Lit(value, ulp, zeros, bool(m["pct"]), fancy, currency)
+def _expression_goes_on(line: _Line, e: int) -> bool:
+    """Whether an operator and an operand follow the last side: "= 4 * \\sqrt{2}"."""
+    nxt, after = line.tok(e), line.tok(e + 1)
+    return (nxt is not None and after is not None and nxt.kind == "op"
+            and after.kind in ("num", "lp", "word", "frac", "cmd", "block"))
 
 
-def _value(node: tuple, label: bool = False) -> Fraction:
-    """Exact value of a node (with `label`, p% counts as p); _Unevaluable when there is none to trust."""
-    kind = node[0]
-    if kind == "lit":
-        return node[1].value * 100 if label and node[1].pct else node[1].value
-    if kind == "()" or kind == "neg":
-        if kind == "neg" and node[1][0] == "^":  # "-2^2": -4 by convention, 4 for many writers
-            raise _Unevaluable("unary minus before a power")
-        return _value(node[1], label) * (-1 if kind == "neg" else 1)
-    a, b = _value(node[1], label), _value(node[2], label)
-    if kind in ("+", "-"):
-        la, lb = node[1][1] if node[1][0] == "lit" else None, node[2][1] if node[2][0] == "lit" else None
-        if la and lb and (la.pct != lb.pct or (la.unit != lb.unit and {la.unit, lb.unit} <= _MEASURES | {"$"})):
-            raise _Unevaluable("a percent added to a number, or different measures added")
-        return a + b if kind == "+" else a - b
-    if kind == "/" and b == 0:
-        raise _Unevaluable("division by zero")
-    return a * b if kind == "*" else a / b if kind == "/" else _power(a, b)
+# ---- the verdict
 
-
-def _power(a: Fraction, b: Fraction) -> Fraction:
-    """a ** b exactly, or _Unevaluable when the result is huge or irrational."""
-    if b.denominator != 1:  # rational only when numerator and denominator are perfect q-th powers
-        q = b.denominator
-        small = a >= 0 and q <= 64 and max(a.numerator, a.denominator).bit_length() < 1000  # floats can take it
-        roots = [next((r for r in range(max(0, round(n ** (1 / q)) - 1), round(n ** (1 / q)) + 2) if r**q == n), None)
-                 for n in (a.numerator, a.denominator)] if small else [None]
-        if None in roots:
-            raise _Unevaluable("a fractional power that is not rational")  # values may be huge: not shown
-        a, b = Fraction(roots[0], roots[1]), Fraction(b.numerator)
-    e = int(b)
-    bits = max(a.numerator.bit_length(), a.denominator.bit_length())
-    if (a == 0 and e < 0) or (abs(e) > 1 and bits * abs(e) > _MAX_BITS):
-        raise _Unevaluable("zero to a negative power, or a power too large to evaluate")
-    return a**e
-
-
-def _judge(sides: list[tuple], rels: list[_Tok], note: bool, remainder: bool = False,
-           bang: bool = False) -> bool | None:
-    """True if every checked link holds, False if one fails, None if there was nothing to check.
-
-    `bang`: the last side is followed by "!", an exclamation or a factorial ("3 * 2 * 1 = 3!"): both count.
-    """
-    lits = [s[1] if s[0] == "lit" else None for s in sides]
-    if not note and all(lit is not None and not lit.fancy for lit in lits):
-        return None  # in prose "4 = 4" restates a number; a calculator note "<<4=5>>" is a claim
+def _judge(line: _Line, j: int, e: int, sides: list[Node], rels: list[Tok], note: bool) -> bool | None:
+    """True if every checked link holds, False if one fails, None if there was nothing to check."""
+    lits = [s if isinstance(s, Lit) else None for s in sides]
+    if not note and all(lit is not None and not lit.fancy for lit in lits) and not _bare_claim(line, j, lits, rels):
+        return None  # "Question 1 = 5", "in 2020 = ...": names and years; a calculator note "<<4=5>>" is a claim
+    end = line.toks[e - 1].end
     try:
-        readings = [[(_value(s), lit)] + ([(_value(s, label=True), lit and lit._replace(
-            value=lit.value * 100, ulp=lit.ulp * 100, pct=False))] if _walk(s, lambda x: x.pct) else [])
-            for s, lit in zip(sides, lits)]  # "p%" also read as the label p
-        if bang and lits[-1] is None:
-            raise _Unevaluable("an expression before '!': a factorial, or an exclamation")
-        if bang and lits[-1].value.denominator == 1 and 0 <= lits[-1].value <= 1000 and not lits[-1].pct:
-            readings[-1].append((Fraction(math.factorial(int(lits[-1].value))), None))  # larger: no side is that big
+        readings = [_readings(s, lit) for s, lit in zip(sides, lits)]
+        if line.text[end : end + 1] == "!":  # after the last side: an exclamation or a factorial ("= 3!")
+            readings[-1] += _factorial(lits[-1])
         checked = False
         for i, rel in enumerate(rels):
             a, b = lits[i], lits[i + 1]
             if i == 0 and a is not None and b is None and (not a.fancy or (a.unit or "$") != "$"):
                 continue  # a label: "Area of 4 bedrooms = 121 * 4", "2 kg = 2 * 1000"
-            if _converts(sides[i], a, sides[i + 1], b) or _skips(sides, lits, i, readings[i][0][0], remainder):
+            if _converts(sides[i], a, sides[i + 1], b) or _running_total(sides, i, readings[i][0][0]) or (
+                    line.remain_at >= end and _quotient_with_remainder(sides[i], b)):
                 continue
             checked = True
             if not any(_holds(x, la, y, lb, rel.text == "≈") for x, la in readings[i] for y, lb in readings[i + 1]):
                 return False
-    except _Unevaluable as err:
+    except Unevaluable as err:
         logger.debug("skipped claim: %s", err)
         return None
     return True if checked else None
 
 
-def _walk(node: tuple, test) -> bool:
-    """Whether any literal in node passes test."""
-    return test(node[1]) if node[0] == "lit" else any(_walk(child, test) for child in node[1:])
+def _bare_claim(line: _Line, j: int, lits: list[Lit], rels: list[Tok]) -> bool:
+    """Whether integers joined by "=" stand alone as a claim (after nothing, a sign, a discourse word or
+    markup; no year among them): "So 7 = 9."."""
+    prev = line.tok(j - 1)
+    if any(rel.text != "=" for rel in rels) or not (
+            prev is None or prev.kind == "rel" or prev.text.lower() in _DISCOURSE or prev.text in _MARKUP):
+        return False
+    return not any(1000 <= lit.value <= 2100 for lit in lits)  # years
 
 
-def _converts(side_a: tuple, a: _Lit | None, side_b: tuple, b: _Lit | None) -> bool:
+def _readings(side: Node, lit: Lit | None) -> list[tuple[Fraction, Lit | None]]:
+    """The side's value, and where it holds a percent also its value with "p%" read as the label p."""
+    found = [(value(side), lit)]
+    if has_lit(side, lambda x: x.pct):  # "15 / 90 * 100% = 16.67"
+        label = lit and Lit(lit.value * 100, lit.ulp * 100, lit.zeros, False, lit.fancy, lit.unit)
+        found.append((value(side, label=True), label))
+    return found
+
+
+def _factorial(lit: Lit | None) -> list[tuple[Fraction, None]]:
+    """The reading of "= n!" as a factorial (beside its reading as an exclamation): "3 * 2 * 1 = 3!"."""
+    if lit is None:
+        raise Unevaluable("an expression before '!': a factorial, or an exclamation")
+    if lit.value.denominator == 1 and 0 <= lit.value <= 1000 and not lit.pct:
+        return [(Fraction(math.factorial(int(lit.value))), None)]
+    return []  # larger: no side is that big
+
+
+def _converts(side_a: Node, a: Lit | None, side_b: Node, b: Lit | None) -> bool:
     """Whether a link changes units ("1 hour = 60 minutes", "$1 / 2 = 50 cents"): not checked."""
     if a is not None and b is not None:
         return a.unit != b.unit
@@ -548,35 +393,31 @@ def _converts(side_a: tuple, a: _Lit | None, side_b: tuple, b: _Lit | None) -> b
     if bare is None or bare.unit is None:
         return False
     if bare.unit == "$":
-        return _walk(other, lambda x: x.unit in _MONEY)
-    return bare.unit in _MEASURES and _walk(other, lambda x: x.unit is not None) and not _walk(
+        return has_lit(other, lambda x: x.unit in MONEY)
+    return bare.unit in MEASURES and has_lit(other, lambda x: x.unit is not None) and not has_lit(
         other, lambda x: x.unit is not None and bare.unit in x.unit.split("/"))
 
 
-def _skips(sides: list[tuple], lits: list, i: int, before: Fraction, remainder: bool) -> bool:
-    """Whether link i is not checked: a running total ("$3/2 = $1.50 + $3.00 = $4.50" restarts at 1.50)
-    before a further link, or a quotient "13 / 6 = 2" on a line that speaks of a remainder."""
-    first, side, result = sides[i + 1], sides[i], lits[i + 1]
-    while first[0] not in ("lit", "neg"):
-        first = first[1]
-    if i + 2 < len(sides) and sides[i + 1][0] != "lit" and first[0] == "lit" and first[1].value == before:
-        return True
-    if not remainder or side[0] != "/" or result is None or result.value.denominator != 1:
+def _running_total(sides: list[Node], i: int, before: Fraction) -> bool:
+    """Whether link i restarts a running total before a further link: "$3/2 = $1.50 + $3.00 = $4.50"."""
+    nxt = sides[i + 1]
+    first = leftmost(nxt)
+    return i + 2 < len(sides) and not isinstance(nxt, Lit) and isinstance(first, Lit) and first.value == before
+
+
+def _quotient_with_remainder(side: Node, result: Lit | None) -> bool:
+    """Whether the link is a whole quotient on a line that speaks of a remainder: "13 / 6 = 2, remainder 1"."""
+    if not isinstance(side, BinOp) or side.op != "/" or result is None or result.value.denominator != 1:
         return False
-    a, b = _value(side[1]), _value(side[2])
+    a, b = value(side.left), value(side.right)
     return a.denominator == b.denominator == 1 and b > 0 and a // b == result.value
 
 
-def _holds(x: Fraction, a: _Lit | None, y: Fraction, b: _Lit | None, approx: bool) -> bool:
+def _holds(x: Fraction, a: Lit | None, y: Fraction, b: Lit | None, approx: bool) -> bool:
     """Whether x = y (or x ≈ y) given how the bare sides a and b were written."""
     if x == y:
         return True
     if approx:
         places = [lit.ulp or Fraction(10**lit.zeros) / (100 if lit.pct else 1) for lit in (a, b) if lit]
         return abs(x - y) <= max([max(abs(x), abs(y)) / 100] + [u / 2 for u in places])
-    for value, shown, lit in ((x, y, b), (y, x, a)):  # `shown` is `value` rounded or truncated to lit's places
-        gap = abs(value - shown)
-        if lit is not None and lit.ulp and (
-                gap <= lit.ulp / 2 or (gap < lit.ulp and abs(shown) < abs(value) and shown * value >= 0)):
-            return True
-    return False
+    return shown_as(x, y, b) or shown_as(y, x, a)

@@ -1,11 +1,14 @@
-"""The arithmetic step checker: each claim kind, the guards against false alarms, real GSM8K."""
+"""The arithmetic step checker: each claim kind, the guards against false alarms, real GSM8K, and that no
+text makes it raise or hang."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import re
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -70,17 +73,17 @@ def test_a_true_claim_passes_and_its_false_twin_is_flagged_as_written(true, fals
     assert false_claims(f"So {false} in all.") == [claim]
 
 
-def test_cpu_smoke_gcd_trace_flags_only_the_false_division():
+def test_cpu_smoke_gcd_trace_flags_the_false_gcd_and_the_false_division():
     text = "The greatest common divisor of 60 and 57 is 6. 60 / 6 = 10 and 57 / 6 = 15."
     report = check(text)
-    assert report.false == ["57 / 6 = 15"]  # 60 / 6 = 10 is true and checked too
-    assert report.checked == 2
+    assert report.false == ["The greatest common divisor of 60 and 57 is 6", "57 / 6 = 15"]  # gcd(60, 57) = 3
+    assert report.checked == 3  # 60 / 6 = 10 is true and checked too
 
 
-def test_cpu_smoke_verbal_claim_is_not_parsed_and_the_arithmetic_is_true():
+def test_cpu_smoke_verbal_claim_is_read_beside_the_arithmetic():
     report = check("The product of 1 and 0 is 1. 0 * 1 = 0.")
-    assert report.false == []
-    assert report.checked == 1  # "0 * 1 = 0"; "product of 1 and 0 is 1" is words, not arithmetic
+    assert report.false == ["The product of 1 and 0 is 1"]
+    assert report.checked == 2  # and "0 * 1 = 0", true
 
 
 def test_written_decimals_accept_rounding_and_truncation_but_nothing_wider():
@@ -192,13 +195,7 @@ def test_pathological_lines_are_skipped_not_crashed():
         check(5)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
-def test_check_many_gives_each_traces_false_claims_and_the_totals(monkeypatch, compiled):
-    if not compiled:
-        monkeypatch.setattr(steps, "_stepscan", None)
-    elif steps._stepscan is None:
-        pytest.skip("curation._stepscan is not built (no C compiler)")
-    # the fifth is handed back by the compiled checker (a fractional power): the Python path reads it
+def test_check_many_gives_each_traces_false_claims_and_the_totals():
     texts = ["So 3 + 4 = 8.", None, "", "no digits = none", "2^(1/2) = 1.41 and 2 + 2 = 5", "12 * 3 = 36 and y = 4"]
     tally = check_many(texts)
     reports = [check(text) for text in texts]
@@ -206,6 +203,153 @@ def test_check_many_gives_each_traces_false_claims_and_the_totals(monkeypatch, c
     assert (tally.checked, tally.skipped) == (sum(r.checked for r in reports), sum(r.skipped for r in reports)) == (3, 2)
     with pytest.raises(TypeError, match="item 1 is int"):
         check_many(["1 + 1 = 2", 5])  # type: ignore[list-item]
+
+
+# ---- claims small models write in words, or as bare numbers
+
+# (true, false, the false claim as flagged); each is put in several sentences below
+NEW_FORMS = [
+    pytest.param("7 = 7", "7 = 9", "7 = 9", id="bare-equality"),
+    pytest.param("x = 8 = 8", "x = 2 = 8", "2 = 8", id="bare-link-after-a-variable"),
+    pytest.param("the sum of 5 and 6 is 11", "the sum of 5 and 6 is 12", "the sum of 5 and 6 is 12", id="sum"),
+    pytest.param("the difference between 5 and 8 is 3", "the difference between 5 and 8 is 4",
+                 "the difference between 5 and 8 is 4", id="difference"),
+    pytest.param("the product of 1 and 0 is 0", "the product of 1 and 0 is 1", "the product of 1 and 0 is 1",
+                 id="product"),
+    pytest.param("the quotient of 17 and 5 is 3", "the quotient of 17 and 5 is 4", "the quotient of 17 and 5 is 4",
+                 id="quotient"),
+    pytest.param("the remainder when 17 is divided by 5 is 2", "the remainder when 17 is divided by 5 is 3",
+                 "the remainder when 17 is divided by 5 is 3", id="remainder"),
+    pytest.param("the greatest common divisor of 8 and 2 is 2", "the greatest common divisor of 8 and 2 is 4",
+                 "the greatest common divisor of 8 and 2 is 4", id="gcd"),
+    pytest.param("the GCD of 0 and 7 is 7", "the GCD of 0 and 7 is 0", "the GCD of 0 and 7 is 0", id="gcd-of-zero"),
+    pytest.param("the lcm of 4 and 6 is 12", "the lcm of 4 and 6 is 24", "the lcm of 4 and 6 is 24", id="lcm"),
+    pytest.param("the square of 12 is 144", "the square of 12 is 124", "the square of 12 is 124", id="square"),
+    pytest.param("the square root of 2 is 1.41", "the square root of 2 is 1.42", "the square root of 2 is 1.42",
+                 id="square-root-rounded"),
+    pytest.param("3 times 4 is 12", "3 times 4 is 13", "3 times 4 is 13", id="times"),
+    pytest.param("14 plus 12 equals 26", "14 plus 12 equals 27", "14 plus 12 equals 27", id="plus"),
+    pytest.param("5 minus 8 is -3", "5 minus 8 is 3", "5 minus 8 is 3", id="minus"),
+    pytest.param("10 divided by 3 is 3.33", "10 divided by 3 is 3.34", "10 divided by 3 is 3.34", id="divided-by"),
+]
+SENTENCES = ("So {}.", "We get {}, which we use next.", "Now {}!", "- {}", "**Step 2:** {}", "> {}", "`{}`")
+
+
+@pytest.mark.parametrize("sentence", SENTENCES)
+@pytest.mark.parametrize(("true", "false", "claim"), NEW_FORMS)
+def test_a_verbal_or_bare_claim_passes_when_true_and_is_flagged_when_false(sentence, true, false, claim):
+    assert false_claims(sentence.format(true)) == []
+    assert false_claims(sentence.format(false)) == [claim]
+    assert check(sentence.format(true)).checked == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # each reads as a false claim only when torn from its context
+        "The sum of 5 and 6 = 12 apples in the bag",  # "6 = 12" is not a claim: the sum is
+        "Question 1 = 5 points",  # a label
+        "1) 3 = 5 of the answers",  # a list marker before bare numbers
+        "1. 3 = 5 of the answers",
+        "Step 2 = 4 minutes",
+        "In 2020 = 2021 - 1",  # a year
+        "3 = 3 apples and 4 = 5 pears",  # counts of things: a number restated with a unit
+        "twice the sum of 2 and 3 is 10",  # the claim is an operand
+        "1 + 3 times 4 is 13",
+        "half the product of 4 and 5 is 10",
+        "the sum of 2 and 3 is 5 more than zero, so 3 times 4 is 12 times 1",  # results that go on
+        "5 times 3 is 15% of 100",
+        "17 divided by 5 is 3, remainder 2",  # a whole quotient on a line that speaks of a remainder
+        "the gcd of 2.5 and 5 is 2",  # no gcd to check: skipped
+        "the square root of -4 is 2",
+        "the quotient of 5 and 0 is 1",
+        "22 / 7 ≈ 3.14 and 102 ≈ 100",
+    ],
+)
+def test_no_false_alarm_on_verbal_and_bare_look_alikes(text):
+    assert false_claims(text) == []
+
+
+def test_the_gcd_of_zero_and_one_is_one():
+    assert false_claims("The greatest common divisor of 0 and 1 is 0.") == ["The greatest common divisor of 0 and 1 is 0"]
+    assert false_claims("The greatest common divisor of 0 and 1 is 1.") == []
+
+
+def test_a_false_bare_equality_is_flagged_beside_true_arithmetic():
+    assert check("2 = 8. 8 * 2 = 16.") == StepReport(checked=2, skipped=0, false=["2 = 8"])
+
+
+def test_a_restated_number_is_checked_as_true():
+    assert check("So 4 = 4.") == StepReport(checked=1, skipped=0, false=[])
+
+
+def test_true_powers_past_64_bits_are_not_flagged():
+    assert check("2^70 / 2^64 = 64") == StepReport(checked=1, skipped=0, false=[])
+    assert false_claims("2^70 / 2^64 = 65") == ["2^70 / 2^64 = 65"]
+
+
+# ---- untrusted text: no input makes the checker raise, and none makes it slow
+
+PIECES = [
+    "1", "23", "4.5", "1,000", "1{,}000", "80 000", ".5", "12%", "$5", "\\$3", "%", "percent", "=", "==", "~=", "≈",
+    "~", "approx", "\\approx", "&=", "+", "-", "−", " – ", "*", "**", "/", "÷", "×", "·", "^", "²", "⁻³", "(", ")",
+    "{", "}", "[", "]", "\\left(", "\\right)", "!", "`", "\\frac", "\\dfrac", "\\cdot", "\\times", "\\sqrt", "\\\\",
+    "kg", "apples", "cars/row", "hours", "cents", "of", "x", "per", "Case", "Week", "times", "half", "at", "a", "_",
+    ":", ".", ",", "?", " ", "  ", "\n", "<<", ">>", "remain", "1 1/2", "2 (1/3)", "2020-01-02", "3:45", "2nd", "07",
+    "...", "٣", "\u00a0", "the sum of", "and", "is", "equals", "divided by", "gcd", "square root of", "plus",
+]
+ADVERSARIAL = {
+    "a number past Python's 4,300 digits": "1" * 5000 + " + 1 = 2",
+    "8,000 trailing spaces": "1 + 1 = 2" + " " * 8000,
+    "100 KB of spaces": " " * 100_000,
+    "100 KB of digits": "7" * 100_000,
+    "50,000 nested brackets": "(" * 50_000 + "1" + ")" * 50_000 + " = 1",
+    "30,000 nested braces": "{" * 30_000 + "}" * 30_000 + " = 2",
+    "10,000 nested fractions": "\\frac{" * 10_000 + "1" + "}{2}" * 10_000 + " = 3",
+    "a 30,000-link chain after a connective": "times " + "1≈" * 30_000 + "1",
+    "a 25,000-link bare chain": "So " + "7 = " * 25_000 + "7",
+    "10,000 huge powers multiplied": "2^19999 * " * 10_000 + "1 = 1",
+    "8,000 huge powers": "3^12000 = 1 " * 8_000,
+    "brackets never closed": "1+(" * 30_000 + "1 = 2",
+    "8,000 list markers": "a) 1 + 1 = 2 " * 8_000,
+    "Arabic-Indic digits": "٣ + ٤ = ٧ and ١٢٣ " * 6_000,
+    "50,000 superscripts": "2" + "²" * 50_000 + " = 4",
+    "8,000 claims on one line": "3 + 4 = 7 and " * 8_000,
+    "4,000 verbal claims": "The sum of 5 and 6 is 11. " * 4_000,
+    "12,000 notes": "<<2*3=6>>" * 12_000,
+    "notes nested 20,000 deep": "<<" * 20_000 + "1=1" + ">>" * 20_000,
+    "a decimal of 4,000 places": "0." + "3" * 4_000 + " = 1/3",
+    "a mixed number past 4,300 digits": "1" * 5000 + " 1/2 = 3",
+    "a range past 4,300 digits": "Weeks " + "1" * 5000 + "-" + "2" * 5000 + " = 3",
+}
+
+
+def _timed(text: str) -> float:
+    """CPU seconds `check_many` takes on text (wall time swings with the shared machine's load)."""
+    started = time.process_time()
+    check_many([text])
+    return time.process_time() - started
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_adversarial_text_neither_raises_nor_hangs(text):
+    assert _timed(text) < 2.0  # ~0.1-0.5 s here: linear in the text; a quadratic path takes minutes
+
+
+def test_random_text_from_claim_pieces_neither_raises_nor_hangs():
+    rng = random.Random(20261207)
+    texts = ["".join(rng.choice(PIECES) + rng.choice(["", " "]) for _ in range(rng.randint(1, 400)))
+             for _ in range(500)]
+    assert max(_timed(text) for text in texts) < 1.0
+
+
+def test_a_huge_number_is_skipped_and_counted():
+    assert check("1" * 5000 + " + 1 = 2") == StepReport(checked=0, skipped=1, false=[])
+
+
+def test_trailing_spaces_cost_linear_time():
+    short, long = _timed("1 + 1 = 2" + " " * 1_000), _timed("1 + 1 = 2" + " " * 100_000)
+    assert long < 0.2, f"100,000 trailing spaces took {long:.2f} s (1,000 took {short:.4f} s)"
 
 
 def _gsm8k_train(shared_data: Path) -> list[str]:
@@ -302,6 +446,18 @@ def _claim(kind: str, rng: random.Random) -> tuple[str, str]:
             value, form = Fraction(a * c), "\\( {a} \\cdot {c} = {r} \\)"
         wrong = _wrong(value, rng)
         return form.format(a=a, b=b, c=c, r=_num(value)), form.format(a=a, b=b, c=c, r=_num(wrong))
+    if kind == "bare":  # integers restated, alone or after a variable
+        left = rng.choice(["", "x = "])
+        return f"{left}{a} = {a}", f"{left}{a} = {_num(_wrong(Fraction(a), rng))}"
+    if kind == "verbal":
+        form, value = rng.choice([("the sum of {a} and {b} is {r}", a + b), ("the product of {a} and {b} is {r}", a * b),
+                                  ("the difference between {a} and {b} is {r}", abs(a - b)),
+                                  ("the greatest common divisor of {a} and {b} is {r}", math.gcd(a, b)),
+                                  ("the least common multiple of {a} and {b} is {r}", math.lcm(a, b)),
+                                  ("the square of {a} is {r}", a * a), ("{a} times {b} is {r}", a * b),
+                                  ("{a} plus {b} equals {r}", a + b), ("{a} minus {b} is {r}", a - b)])
+        wrong = value + rng.choice([-2, -1, 1, 3])
+        return form.format(a=a, b=b, r=value), form.format(a=a, b=b, r=wrong)
     raise ValueError(f"unknown claim kind {kind!r}")
 
 
@@ -318,7 +474,8 @@ def _corrupt(answer: str, kind: str, rng: random.Random) -> tuple[str, int] | No
     return answer[: m.start(group)] + new + answer[m.end(group) :], m.start(group)
 
 
-SYNTHETIC = ("plain", "chain", "fraction", "decimal", "percent", "power", "thousands", "units", "approx", "latex")
+SYNTHETIC = ("plain", "chain", "fraction", "decimal", "percent", "power", "thousands", "units", "approx", "latex",
+             "bare", "verbal")
 KINDS = (*SYNTHETIC, "annotation", "stated")
 
 
@@ -336,7 +493,9 @@ def planted(answers: list[str], per_kind: int = 100, seed: int = 0) -> list[tupl
             lines = answer.split("\n")
             if kind in SYNTHETIC:
                 true, false = _claim(kind, rng)
-                at, sentence = rng.randrange(len(lines) - 1), rng.choice(_TEMPLATES)
+                # bare integers after a list marker ("1) 7 = 9") are not read as a claim
+                templates = [t for t in _TEMPLATES if ")" not in t] if kind == "bare" else _TEMPLATES
+                at, sentence = rng.randrange(len(lines) - 1), rng.choice(templates)
                 before = "\n".join(lines[: at + 1]) + "\n"
                 tail = "\n" + "\n".join(lines[at + 1 :])
                 same = next((i for i, (p, q) in enumerate(zip(true, false)) if p != q), len(true))
@@ -373,3 +532,11 @@ def test_planted_false_claims_are_found_and_their_true_twins_pass(shared_data):
         assert sum(found) / len(found) >= 0.95, kind
     false_alarms = sum(bool(false_claims(true)) for _, true, _, _ in cases)
     assert false_alarms / len(cases) <= 0.01
+
+
+def test_a_line_longer_than_any_step_is_skipped_and_counted_not_tokenized():
+    junk = "3 + 4 = " + "{" * (steps.MAX_LINE_CHARS + 1)
+    started = time.process_time()
+    report = steps.check(f"{junk}\nThen 2 + 2 = 5.")
+    assert time.process_time() - started < 0.05
+    assert (report.checked, report.skipped, report.false) == (1, 1, ["2 + 2 = 5"])
