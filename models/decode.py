@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -124,6 +125,18 @@ class _Row:
     ids: list[int]
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Settings:
+    """What one `generate` call asks for, as its jitted functions and host checks read it."""
+
+    max_new_tokens: int
+    temperature: Any  # 0-d float32 arrays: a Python float would recompile per value
+    top_p: Any
+    stop: tuple[str, ...]
+    stop_ids: tuple[int, ...]
+    bucket: int
+
+
 class Decoder:
     """Samples continuations from one Gemma 3 model with continuous batching.
 
@@ -157,99 +170,142 @@ class Decoder:
 
         `on_done(i, generated)` runs as soon as prompt i finishes (to record it before the rest).
         """
+        import jax.numpy as jnp
+
+        if not prompts:
+            self.shared_starts = []
+            return []
+        tokenizer = self.tokenizer
+        encoded = [[tokenizer.bos_id(), *tokenizer.encode(p)] for p in prompts]
+        settings = _Settings(max_new_tokens=max_new_tokens, temperature=jnp.float32(temperature),
+                             top_p=jnp.float32(top_p), stop=tuple(stop),
+                             stop_ids=tuple(stop_ids) or (tokenizer.eos_id(),), bucket=bucket)
+        # Room for every padded write (a write pads by less than 4 buckets) and each row's new tokens; it
+        # depends on the longest prompt only, so calls with similar prompts reuse the compiled code.
+        size = round_up(max(len(e) for e in encoded) + 4 * bucket, 4 * bucket) + round_up(max_new_tokens, CHUNK)
+        if size not in self._compiled:
+            self._compiled[size] = _compile(self._layers, size, CHUNK)
+        call = _Generation(self._compiled[size], self._weights, self._layers, size, tokenizer, encoded, settings,
+                           seed=seed, width=max(1, min(slots, len(prompts))), on_done=on_done)
+        self.shared_starts = call.starts
+        return call.run()
+
+
+class _Generation:
+    """The state of one `Decoder.generate` call: the queue, the slots' rows and cache, the random key.
+
+    A plain loop drives it: a slot whose prompt ends (even at its first token) takes the next
+    waiting prompt until one does not end at once or none waits, so any number of prompts that
+    end immediately cost no stack depth. Random keys are split in the same order as prompts
+    start and chunks run, which fixes every sampled token for a seed.
+    """
+
+    def __init__(self, functions: tuple, weights, layers: tuple, size: int, tokenizer, encoded: list[list[int]],
+                 settings: _Settings, *, seed: int, width: int, on_done: Callable[[int, Generated], None] | None):
+        import jax
+
+        self.extend, self.place, self.decode = functions  # from `_compile`, for this call's cache size
+        self.weights, self.tokenizer = weights, tokenizer
+        self.encoded, self.settings, self.on_done = encoded, settings, on_done
+        self.levels = _shared_levels(encoded, settings.bucket)
+        self.starts = [max(lv, default=0) for lv in self.levels]
+        self.empty_row = gemma_forward_cache(weights, layers, 1, size)
+        self.cache = gemma_forward_cache(weights, layers, width, size)  # a row per slot, replaced as prompts start
+        self.key = jax.random.PRNGKey(seed)
+        # Shared starts in use, most recent last: prompts come in order, so a few suffice (each holds a cache row).
+        self.prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
+        self.results: list[Generated | None] = [None] * len(encoded)
+        self.queue = list(range(len(encoded)))[::-1]  # popped from the end: prompt order
+        self.rows: list[_Row | None] = [None] * width
+        self.token, self.position = np.zeros(width, dtype=np.int32), np.zeros(width, dtype=np.int32)
+
+    def run(self) -> list[Generated]:
+        """Decode chunk by chunk until every prompt has ended; the results in prompt order."""
         import jax
         import jax.numpy as jnp
 
-        tokenizer = self.tokenizer
-        stop_ids = tuple(stop_ids) or (tokenizer.eos_id(),)
-        encoded = [[tokenizer.bos_id(), *tokenizer.encode(p)] for p in prompts]
-        levels = _shared_levels(encoded, bucket)
-        starts = [max(lv, default=0) for lv in levels]
-        self.shared_starts = starts
-        steps = round_up(max_new_tokens, CHUNK)
-        # Room for every padded write (a write pads by less than 4 buckets) and each row's new tokens; it
-        # depends on the longest prompt only, so calls with similar prompts reuse the compiled code.
-        size = round_up(max(len(e) for e in encoded) + 4 * bucket, 4 * bucket) + steps
-        if size not in self._compiled:
-            self._compiled[size] = _compile(self._layers, size, CHUNK)
-        extend, place, decode = self._compiled[size]
-        empty_row = gemma_forward_cache(self._weights, self._layers, 1, size)
-        temperature_, top_p_ = jnp.float32(temperature), jnp.float32(top_p)
-        key = jax.random.PRNGKey(seed)
-        # Shared starts in use, most recent last: prompts come in order, so a few suffice (each holds a cache row).
-        prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
-
-        def written(row, ids: list[int], start: int, key) -> tuple[int, list]:
-            """`row` with ids[start:] written after its first `start` tokens; the token sampled next."""
-            tail = ids[start:]
-            padded = np.zeros((1, _length_bucket(len(tail), bucket)), dtype=np.int32)
-            padded[0, : len(tail)] = tail
-            first, row = extend(self._weights, row, jnp.asarray(padded), start, len(tail), key, temperature_, top_p_)
-            return int(first), row
-
-        def prefix(ids: list[int], length: int, below: list[int], key) -> list:
-            """The cache of ids[:length], built once per call on the longest shorter shared start it extends."""
-            if length == 0:
-                return empty_row
-            head = tuple(ids[:length])
-            if head not in prefixes:
-                base = max((lv for lv in below if lv < length), default=0)
-                _, prefixes[head] = written(prefix(ids, base, below, key), list(head), base, key)
-                while len(prefixes) > MAX_PREFIXES:
-                    prefixes.popitem(last=False)
-            prefixes.move_to_end(head)
-            return prefixes[head]
-
-        def start_row(i: int, key) -> tuple[int, list]:
-            """Row i's cache with its prompt written (shared starts copied in) and its first sampled token."""
-            ids = encoded[i]
-            return written(prefix(ids, starts[i], levels[i], key), ids, starts[i], key)
-
-        results: list[Generated | None] = [None] * len(prompts)
-        queue = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
-        width = max(1, min(slots, len(prompts)))
-        cache = gemma_forward_cache(self._weights, self._layers, width, size)
-        rows: list[_Row | None] = [None] * width
-        token, position = np.zeros(width, dtype=np.int32), np.zeros(width, dtype=np.int32)
-
-        def fill(slot: int) -> None:
-            nonlocal cache, key
-            if not queue:
-                rows[slot] = None
-                return
-            i = queue.pop()
-            key, sub = jax.random.split(key)
-            first, row = start_row(i, sub)
-            cache = place(cache, row, slot)
-            rows[slot] = _Row(index=i, prompt_tokens=len(encoded[i]), ids=[first])
-            token[slot], position[slot] = first, len(encoded[i])
-            finish(slot)  # the first token may already end it
-
-        def finish(slot: int) -> None:
-            row = rows[slot]
-            ids = np.asarray(row.ids, dtype=np.int32)
-            if not (len(row.ids) >= max_new_tokens or np.isin(ids, stop_ids).any()
-                    or _stopped(tokenizer, ids[None], stop, stop_ids)[0]):
-                return
-            results[row.index] = _finish(tokenizer, ids, row.prompt_tokens, max_new_tokens, stop, stop_ids)
-            if on_done is not None:
-                on_done(row.index, results[row.index])
-            fill(slot)
-
-        for slot in range(width):
-            fill(slot)
-        while any(row is not None for row in rows):
-            key, sub = jax.random.split(key)
-            _, _, cache, _, out = decode(self._weights, jnp.asarray(token), jnp.asarray(position), cache, sub,
-                                         temperature_, top_p_)
+        for slot in range(len(self.rows)):
+            self._fill(slot)
+        while any(row is not None for row in self.rows):
+            self.key, sub = jax.random.split(self.key)
+            _, _, self.cache, _, out = self.decode(self.weights, jnp.asarray(self.token),
+                                                   jnp.asarray(self.position), self.cache, sub,
+                                                   self.settings.temperature, self.settings.top_p)
             out = np.asarray(out)
-            position += CHUNK
-            token[:] = out[:, -1]
-            for slot, row in enumerate(rows):
+            self.position += CHUNK
+            self.token[:] = out[:, -1]
+            for slot, row in enumerate(self.rows):
                 if row is not None:
                     row.ids.extend(out[slot].tolist())
-                    finish(slot)
-        return results
+                    if self._ended(row):
+                        self._record(row)
+                        self._fill(slot)
+        return self.results
+
+    def _fill(self, slot: int) -> None:
+        """Give the slot the next waiting prompt, and the next while each ends at its first token; else empty it."""
+        while self.queue:
+            row = self._start(slot, self.queue.pop())
+            if not self._ended(row):
+                return
+            self._record(row)
+        self.rows[slot] = None
+
+    def _start(self, slot: int, i: int) -> _Row:
+        """Prompt i written into the slot (shared starts copied in), with its first sampled token."""
+        import jax
+
+        self.key, sub = jax.random.split(self.key)
+        ids, start = self.encoded[i], self.starts[i]
+        first, row = self._written(self._prefix(ids, self.levels[i], sub), ids, start, sub)
+        self.cache = self.place(self.cache, row, slot)
+        self.rows[slot] = started = _Row(index=i, prompt_tokens=len(ids), ids=[first])
+        self.token[slot], self.position[slot] = first, len(ids)
+        return started
+
+    def _prefix(self, ids: list[int], levels: list[int], key) -> list:
+        """The cache of ids' longest shared start; each level built once per call on the level below it."""
+        chain = [0, *levels]  # shortest first; the last is the prompt's own start
+        have = len(chain) - 1
+        while have > 0 and tuple(ids[: chain[have]]) not in self.prefixes:
+            have -= 1
+        row = self.empty_row
+        if have > 0:
+            row = self.prefixes[tuple(ids[: chain[have]])]
+            self.prefixes.move_to_end(tuple(ids[: chain[have]]))
+        for below, length in zip(chain[have:], chain[have + 1 :]):
+            _, row = self._written(row, ids[:length], below, key)
+            self.prefixes[tuple(ids[:length])] = row  # the newest: never the one evicted
+            while len(self.prefixes) > MAX_PREFIXES:
+                self.prefixes.popitem(last=False)
+        return row
+
+    def _written(self, row, ids: list[int], start: int, key) -> tuple[int, list]:
+        """`row` with ids[start:] written after its first `start` tokens; the token sampled next."""
+        import jax.numpy as jnp
+
+        tail = ids[start:]
+        padded = np.zeros((1, _length_bucket(len(tail), self.settings.bucket)), dtype=np.int32)
+        padded[0, : len(tail)] = tail
+        first, row = self.extend(self.weights, row, jnp.asarray(padded), start, len(tail), key,
+                                 self.settings.temperature, self.settings.top_p)
+        return int(first), row
+
+    def _ended(self, row: _Row) -> bool:
+        """Whether the row reached the length limit, an end token or a stop string."""
+        s = self.settings
+        ids = np.asarray(row.ids, dtype=np.int32)
+        return (len(row.ids) >= s.max_new_tokens or bool(np.isin(ids, s.stop_ids).any())
+                or bool(_stopped(self.tokenizer, ids[None], s.stop, s.stop_ids)[0]))
+
+    def _record(self, row: _Row) -> None:
+        """The row's result, kept in its prompt's place and reported to `on_done`."""
+        s = self.settings
+        done = _finish(self.tokenizer, np.asarray(row.ids, dtype=np.int32), row.prompt_tokens,
+                       s.max_new_tokens, s.stop, s.stop_ids)
+        self.results[row.index] = done
+        if self.on_done is not None:
+            self.on_done(row.index, done)
 
 
 def gemma_forward_cache(weights, layers, batch: int, size: int):
