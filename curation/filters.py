@@ -1,35 +1,33 @@
 """The filter stage: keep traces in the right format that reach the verified answer.
 
 Checks run cheapest first and a trace leaves at its first failure, with that reason:
-truncated, bad format, too short/long, repetitive, wrong language, a false arithmetic step
-(`curation.steps`), wrong answer (or unverifiable in time). Every problem's pass rate
-(traces passing those checks / samples) goes to `pass_rates.parquet` for the GRPO set's
-difficulty. Of the rest, near-identical traces of one problem are dropped, the optional
-LLM judge (`filter.judge`) reads what is left, and at most `keep_per_problem` of the
-shortest stay (best-of-N). The stats carry the verifier's audit and two examples of every
-reject reason with their evidence, for the data card.
+truncated (the teacher's finish reason, known only here), then the single-completion checks
+that the GRPO reward and the eval run too (`curation.checks.CHECKS`: bad format, too
+short/long, repetitive, wrong language, a false arithmetic step, wrong answer or
+unverifiable in time). Every problem's pass rate (traces passing those checks / samples)
+goes to `pass_rates.parquet` for the GRPO set's difficulty. The checks that need other rows
+or a service are the filter's alone: near-identical traces of one problem are dropped, the
+optional LLM judge (`filter.judge`) reads what is left, and at most `keep_per_problem` of
+the shortest stay (best-of-N). The stats carry the verifier's audit and two examples of
+every reject reason with their evidence, for the data card.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import re
 import time
-import unicodedata
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from curation import answers, minhash, steps, verifier
+from curation import answers, checks, minhash
+from curation.checks import FilterReason
 from curation.dedup import trace_clusters_of
 from curation.judge import Judge
 from curation.teacher.cache import RequestCache
-from machinery import shards, store
+from machinery import shards, stats, store
 from machinery.config import FilterConfig
 from machinery.execution import Executor
 
@@ -40,25 +38,6 @@ INPUT_STAGES = ("generate", "dedup")
 JUDGE_CACHE = "judge.jsonl"
 CHECKS = "filter.checks"  # the per-trace checks of one row shard, as the executor names the work
 TRACE_SHINGLE, TRACE_PERM = 5, 128  # near-identical traces: MinHash as `dedup.trace_clusters` defaults
-_WORD = re.compile(r"\S+")
-
-
-class FilterReason(StrEnum):
-    """Why a trace was dropped."""
-
-    TRUNCATED = "truncated"
-    BAD_FORMAT = "bad_format"
-    TOO_SHORT = "too_short"
-    TOO_LONG = "too_long"
-    REPETITIVE = "repetitive"
-    WRONG_LANGUAGE = "wrong_language"
-    WRONG_STEP = "wrong_step"
-    WRONG_ANSWER = "wrong_answer"
-    UNVERIFIABLE = "unverifiable"
-    NEAR_DUPLICATE_TRACE = "near_duplicate_trace"
-    JUDGE_REJECTED = "judge_rejected"
-    UNJUDGED = "unjudged"  # the judge did not answer after its retries; the next run asks again
-    BEST_OF_N_SURPLUS = "best_of_n_surplus"
 
 
 @dataclass(kw_only=True)
@@ -71,82 +50,35 @@ class FilterStats(store.StageStats):
     pass_rate_histogram: dict[str, int] = field(default_factory=dict)
     audit: dict[str, int] = field(default_factory=dict)  # verifier.Audit plus the step checker's counts
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # two per reject reason
-
-
-def repeated_ngram_share(text: str, n: int = 4) -> float:
-    """Share of word n-grams that repeat an earlier one: near 1 for a degenerate loop."""
-    words = _WORD.findall(text)
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if len(grams) < 20:  # too short to call a loop
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def latin_share(text: str) -> float:
-    """Share of letters that are Latin script (English traces are ~1.0; LaTeX stays Latin)."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return 1.0
-    return sum("LATIN" in unicodedata.name(c, "") for c in letters) / len(letters)
-
-
-def token_count(text: str, reported: int | None) -> int:
-    """The teacher's token count, or ~4 characters a token where the server reported none."""
-    return reported if reported is not None else max(1, len(text) // 4)
-
-
-def first_failure(text: str, finish_reason: str | None, tokens: int, config: FilterConfig
-                  ) -> tuple[FilterReason, str] | None:
-    """The first cheap check a trace fails, with a detail, or None."""
-    if finish_reason == "length":
-        return FilterReason.TRUNCATED, "the teacher hit max_new_tokens"
-    problem = answers.format_problem(text)
-    if problem:
-        return FilterReason.BAD_FORMAT, problem
-    if tokens < config.min_tokens:
-        return FilterReason.TOO_SHORT, f"{tokens} tokens < {config.min_tokens}"
-    if config.max_tokens is not None and tokens > config.max_tokens:
-        return FilterReason.TOO_LONG, f"{tokens} tokens > {config.max_tokens}"
-    share = repeated_ngram_share(text)
-    if share > config.max_repeated_ngram_share:
-        return FilterReason.REPETITIVE, f"{share:.0%} of word 4-grams repeat"
-    latin = latin_share(text)
-    if latin < config.min_latin_share:
-        return FilterReason.WRONG_LANGUAGE, f"only {latin:.0%} of letters are Latin script"
-    return None
+    judge: dict[str, float] = field(default_factory=dict)  # with filter.judge: its bill (`Judge.figures`)
 
 
 def check_rows(item: tuple[int, pl.DataFrame], *, config: FilterConfig, workers: int) -> shards.ShardOutput:
-    """One row shard's per-trace checks: tokens, the first failure, the answer, and the survivors' signatures.
+    """One row shard's per-trace checks: tokens, truncation, then `checks.CHECKS`, and the survivors' signatures.
 
     The CPU of the stage (step checker, math-verify in a pool of `workers` processes); what
     comes after needs all traces at once and runs on the gathered result.
     """
     start, frame = item
-    tokens = [token_count(t, r) for t, r in frame.select("completion", "completion_tokens").iter_rows()]
-    verdicts: list[tuple[FilterReason, str] | None] = [
-        first_failure(text, finish, n, config)
-        for (text, finish), n in zip(frame.select("completion", "finish_reason").iter_rows(), tokens)]
-    audit = _check_steps(frame["completion"].to_list(), verdicts) if config.check_steps else {}
-    # Only traces that passed the cheaper checks pay for math-verify.
+    tokens = [checks.token_count(t, r) for t, r in frame.select("completion", "completion_tokens").iter_rows()]
+    # Filter-only: Tunix's rewards and the eval see no finish reason, so truncation is not in `checks.CHECKS`.
+    verdicts: list[checks.Failure | None] = [
+        checks.Failure(FilterReason.TRUNCATED, "the teacher hit max_new_tokens") if finish == "length" else None
+        for finish in frame["finish_reason"]]
     pending = [i for i, v in enumerate(verdicts) if v is None]
     sub = frame[pending]
-    answered, checked = verifier.verify(sub["completion"].to_list(), sub["answer"].to_list(), sub["source"].to_list(),
-                                        sub["meta"].to_list(), deadline_s=config.check_deadline_s, workers=workers)
-    for i, ok in zip(pending, answered):
-        if ok is None:
-            verdicts[i] = FilterReason.UNVERIFIABLE, "no verdict within the deadline"
-        elif not ok:
-            pred = answers.extract(frame["completion"][i])
-            verdicts[i] = FilterReason.WRONG_ANSWER, f"answered {pred!r}, gold {frame['answer'][i]!r}"
-    rows = _with_verdicts(pl.DataFrame({"tokens": pl.Series(tokens, dtype=pl.Int32)}), verdicts).with_columns(
+    rows = checks.rows_of(sub["completion"].to_list(), sub["answer"].to_list(), sub["source"].to_list(),
+                          sub["meta"].to_list(), [tokens[i] for i in pending])
+    context = checks.Context(config=config, deadline_s=config.check_deadline_s, workers=workers)
+    for i, failure in zip(pending, checks.first_failures(rows, context)):
+        verdicts[i] = failure
+    table = _with_verdicts(pl.DataFrame({"tokens": pl.Series(tokens, dtype=pl.Int32)}), verdicts).with_columns(
         pred=pl.Series([answers.extract(t) for t in frame["completion"]], dtype=pl.String))
     alive = [i for i, v in enumerate(verdicts) if v is None]
     sigs = minhash.signatures(frame["completion"].gather(alive).to_list(), shingle=TRACE_SHINGLE, num_perm=TRACE_PERM)
     survivors = pl.DataFrame({"row": pl.Series([start + i for i in alive], dtype=pl.Int64),
                               "sig": pl.Series(sigs, dtype=pl.Array(pl.UInt32, TRACE_PERM))})
-    return shards.ShardOutput(tables={"rows": rows, "survivors": survivors},
-                              counts={**dataclasses.asdict(checked), **audit})
+    return shards.ShardOutput(tables={"rows": table, "survivors": survivors}, counts=context.counts)
 
 
 def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: FilterConfig, *,
@@ -182,36 +114,25 @@ def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: Fil
     for label in labels:
         for name, count in plan.shards.counts(label).items():
             audit[name] = audit.get(name, 0) + count
-    stats = FilterStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
-                        reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
-                        problems=pass_rates.height, problems_with_a_trace=kept["problem_id"].n_unique(),
-                        mean_pass_rate=round(float(rates.mean()), 4) if len(rates) else 0.0,
-                        pass_rate_histogram=_histogram(rates), audit=audit, examples=examples(rejected))
-    return store.StageResult(kept=kept, rejected=rejected, stats=stats, extra={"pass_rates": pass_rates})
+    record = FilterStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
+                         reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
+                         problems=pass_rates.height, problems_with_a_trace=kept["problem_id"].n_unique(),
+                         mean_pass_rate=round(float(rates.mean()), 4) if len(rates) else 0.0,
+                         pass_rate_histogram=_histogram(rates), audit=audit, examples=examples(rejected),
+                         judge=judge.figures() if judge is not None else {})
+    return store.StageResult(kept=kept, rejected=rejected, stats=record, extra={"pass_rates": pass_rates})
 
 
-def _check_steps(texts: list[str], verdicts: list[tuple[FilterReason, str] | None]) -> dict[str, int]:
-    """Mark traces that state a false arithmetic claim (in place); the step checker's counts."""
-    pending = [i for i, v in enumerate(verdicts) if v is None]
-    tally = steps.check_many([texts[i] for i in pending])
-    flagged = 0
-    for i, false in zip(pending, tally.false):
-        if false:
-            flagged += 1
-            verdicts[i] = FilterReason.WRONG_STEP, "false: " + "; ".join(false)[:500]
-    return {"step_claims_checked": tally.checked, "step_claims_skipped": tally.skipped,
-            "traces_with_false_steps": flagged}
-
-
-def _with_verdicts(frame: pl.DataFrame, verdicts: list[tuple[FilterReason, str] | None]) -> pl.DataFrame:
+def _with_verdicts(frame: pl.DataFrame, verdicts: list[checks.Failure | None]) -> pl.DataFrame:
     """The frame with `reject_reason` and `reject_detail` from per-row verdicts (None: kept so far)."""
-    return frame.with_columns(reject_reason=pl.Series([v[0].value if v else None for v in verdicts], dtype=pl.String),
-                              reject_detail=pl.Series([v[1] if v else None for v in verdicts], dtype=pl.String))
+    return frame.with_columns(
+        reject_reason=pl.Series([v.reason.value if v else None for v in verdicts], dtype=pl.String),
+        reject_detail=pl.Series([v.detail if v else None for v in verdicts], dtype=pl.String))
 
 
-def _verdicts(frame: pl.DataFrame) -> list[tuple[FilterReason, str] | None]:
+def _verdicts(frame: pl.DataFrame) -> list[checks.Failure | None]:
     """Per-row verdicts of a frame that has them."""
-    return [(FilterReason(r), d) if r is not None else None
+    return [checks.Failure(FilterReason(r), d) if r is not None else None
             for r, d in frame.select("reject_reason", "reject_detail").iter_rows()]
 
 
@@ -242,7 +163,8 @@ def _near_duplicates(frame: pl.DataFrame, config: FilterConfig, survivors: pl.Da
     rows, samples = alive["row"].to_list(), alive["sample_idx"].to_list()
     for position, rep in enumerate(reps):
         if rep != position:
-            verdicts[rows[position]] = FilterReason.NEAR_DUPLICATE_TRACE, f"near-identical to sample {samples[rep]}"
+            verdicts[rows[position]] = checks.Failure(FilterReason.NEAR_DUPLICATE_TRACE,
+                                                     f"near-identical to sample {samples[rep]}")
     return _with_verdicts(frame, verdicts)
 
 
@@ -253,9 +175,9 @@ def _judged(frame: pl.DataFrame, judge: Judge) -> pl.DataFrame:
     verdicts = _verdicts(frame)
     for row, verdict in zip(alive["row"].to_list(), said):
         if verdict.sound is None:
-            verdicts[row] = FilterReason.UNJUDGED, f"the judge did not answer: {verdict.reason}"
+            verdicts[row] = checks.Failure(FilterReason.UNJUDGED, f"the judge did not answer: {verdict.reason}")
         elif not verdict.sound:
-            verdicts[row] = FilterReason.JUDGE_REJECTED, verdict.reason
+            verdicts[row] = checks.Failure(FilterReason.JUDGE_REJECTED, verdict.reason)
     return _with_verdicts(frame, verdicts)
 
 
@@ -265,8 +187,8 @@ def _best_of_n(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
               .with_columns(rank=pl.int_range(pl.len()).over("problem_id")))
     verdicts = _verdicts(frame)
     for row in ranked.filter(pl.col("rank") >= config.keep_per_problem)["row"].to_list():
-        verdicts[row] = (FilterReason.BEST_OF_N_SURPLUS,
-                         f"correct, but {config.keep_per_problem} shorter traces were kept")
+        verdicts[row] = checks.Failure(FilterReason.BEST_OF_N_SURPLUS,
+                                       f"correct, but {config.keep_per_problem} shorter traces were kept")
     return _with_verdicts(frame, verdicts)
 
 
@@ -318,10 +240,12 @@ def run(run_dir: Path, config: FilterConfig, *, force: bool = False, judge_api_k
             cache.close()
 
     previous = store.complete_manifest(run_dir / STAGE)
-    unjudged = json.loads((run_dir / STAGE / store.STATS).read_text())["reasons"].get(FilterReason.UNJUDGED, 0) \
+    unjudged = stats.read(run_dir, STAGE, FilterStats).reasons.get(FilterReason.UNJUDGED, 0) \
         if previous is not None else 0
     if unjudged and not force:  # not a final verdict: ask the judge again (answered ones come from its cache)
         logger.info("filter: asking the judge again about %d traces it did not answer last time", unjudged)
         force = True
-    return shards.run_stage(run_dir, STAGE, config=config.model_dump(mode="json"), inputs=inputs, compute=compute,
+    # The judge's price changes no verdict: not part of the stage key.
+    return shards.run_stage(run_dir, STAGE, config=config.model_dump(mode="json", exclude={"judge": {"price"}}),
+                            inputs=inputs, compute=compute,
                             executor=executor, shard_rows=shard_rows, force=force)

@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,11 +205,12 @@ def share_backbone(actor: Any, reference: Any) -> None:
 
 def train(loaded: registry.LoadedModel, actor: Any, reference: Any, kept: pl.DataFrame, stage_dir: Path,
           config: Config, *, key: str, force: bool, reward_fns: list[rewards.RewardFn],
-          device_mesh: Any = None) -> tuple[Any, GrpoStats]:
+          device_mesh: Any = None, progress: Callable[[float], None] | None = None) -> tuple[Any, GrpoStats]:
     """GRPO on the kept prompts; returns (trained LoRA actor, stats without row counts).
 
     `kept` carries `prompt_tokens` (`prompt_lengths`): rollouts and updates pad to the longest.
     `device_mesh` is the mesh actor and reference were read onto (default: `mesh.create(config.mesh)`).
+    `progress` gets the fraction of steps done after each update.
     """
     from tunix.rl.grpo import grpo_learner
 
@@ -220,7 +222,7 @@ def train(loaded: registry.LoadedModel, actor: Any, reference: Any, kept: pl.Dat
         return actor, stats
     folder = stage_dir / sft.CHECKPOINTS
     sft.guard_checkpoints(folder, key, force=force)
-    log = sft.MetricsLog(stage_dir / sft.METRICS_LOG, [])
+    log = sft.MetricsLog(stage_dir / sft.METRICS_LOG, [], progress=progress, total_steps=grpo.steps)
     recorder = _StepRecorder(log, loaded.tokenizer)
     device_mesh = device_mesh if device_mesh is not None else mesh.create(config.mesh)
     stats.prompt_width = prompt_width(kept["prompt_tokens"], grpo.max_prompt_length)
@@ -256,8 +258,8 @@ def train(loaded: registry.LoadedModel, actor: Any, reference: Any, kept: pl.Dat
     return trainer.model, stats
 
 
-def compute(run_dir: Path, config: Config, *, key: str, force: bool, reward_fns: list[rewards.RewardFn]
-            ) -> store.StageResult:
+def compute(run_dir: Path, config: Config, *, key: str, force: bool, reward_fns: list[rewards.RewardFn],
+            progress: Callable[[float], None] | None = None) -> store.StageResult:
     """Reject long prompts, run GRPO from the SFT policy, write the GRPO adapter and the merged model."""
     started = time.time()
     frame = store.finished(run_dir, "build").read().filter(pl.col("split") == "train")
@@ -269,7 +271,7 @@ def compute(run_dir: Path, config: Config, *, key: str, force: bool, reward_fns:
     actor, reference = policies(loaded, run_dir / sft.STAGE / lora.ADAPTER, config)
     loaded = dataclasses.replace(loaded, model=None)  # the folded reference is now the only copy of the weights
     actor, stats = train(loaded, actor, reference, kept, stage_dir, config, key=key, force=force,
-                         reward_fns=reward_fns, device_mesh=device_mesh)
+                         reward_fns=reward_fns, device_mesh=device_mesh, progress=progress)
     lora.save(actor, stage_dir / lora.ADAPTER, config=config.sft.lora, base=f"{loaded.source} + sft adapter")
     export.write(loaded, lora.fold(reference, actor, config.sft.lora), stage_dir / MODEL_DIR,
                  dtype=config.student.dtype)
@@ -283,18 +285,21 @@ def compute(run_dir: Path, config: Config, *, key: str, force: bool, reward_fns:
 
 
 def run(run_dir: Path, config: Config, *, force: bool = False,
-        reward_fns: list[rewards.RewardFn] | None = None) -> store.Manifest:
+        reward_fns: list[rewards.RewardFn] | None = None, progress: Callable[[float], None] | None = None
+        ) -> store.Manifest:
     """Run the GRPO stage on `run_dir/build` from the SFT policy, unless complete with the same key.
 
-    `reward_fns` (Tunix's signature, summed) default to `training.rewards.reward_fns()`:
-    format, partial format and the curation verdict.
+    `reward_fns` (Tunix's signature, summed) default to `training.rewards.reward_fns(config.filter)`:
+    format, partial format and the curation verdict. `progress` gets the fraction of steps done.
     """
-    fns = rewards.reward_fns() if reward_fns is None else reward_fns
+    fns = rewards.reward_fns(config.filter_stage()) if reward_fns is None else reward_fns
     inputs = {"build": store.finished(run_dir, "build").hash(),
               "sft_adapter": store.finished(run_dir, sft.STAGE).hash(lora.ADAPTER), "student": sft.student_identity(config)}
     stage_config = {"grpo": config.grpo.model_dump(mode="json"), "lora": config.sft.lora.model_dump(mode="json"),
-                    "seed": config.seed, "dtype": config.student.dtype, "mesh": config.mesh.model_dump(mode="json")}
+                    "seed": config.seed, "dtype": config.student.dtype, "mesh": config.mesh.model_dump(mode="json"),
+                    "reward": rewards.settings(config.filter_stage())}
     key = store.stage_key(stage_config, inputs)
     return store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
-                           compute=lambda: compute(run_dir, config, key=key, force=force, reward_fns=fns),
+                           compute=lambda: compute(run_dir, config, key=key, force=force, reward_fns=fns,
+                                                   progress=progress),
                            outputs=(lora.ADAPTER, *MODEL_FILES))

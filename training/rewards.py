@@ -1,11 +1,12 @@
 """GRPO rewards: the curation verdict, turned into numbers.
 
-One code path for curation and training (house style 5, "the verifier is the reward"):
-the format check is `curation.answers.format_problem`, the same one the filter stage runs,
-and correctness is `curation.verifier.verdicts` (math-verify, and for procedural sources the
-generator's own full score). A completion counts as correct only when it is also in the
-exact format, as the filter keeps only such traces: an answer the format does not commit to
-is not an answer.
+One code path for curation and training (house style 5, "the verifier is the reward"): the
+correctness reward pays only for a completion that `curation.checks.judge` keeps, the same
+list of checks the filter stage runs on the teacher's traces (format, loops, language, every
+arithmetic step, the answer by math-verify and, for procedural sources, the generator's own
+full score). A rollout that reaches the right answer through a false step earns no more than
+a wrong one; the format rewards still pay it for its tags. The token-length bounds are the
+teacher's and are lifted for rollouts (`checks.rollout_config` says why).
 
 Every reward has Tunix's signature `fn(prompts, completions, **kwargs) -> list[float]`;
 Tunix passes the GRPO set's other columns as kwargs: `gold`, `source` and, for procedural
@@ -15,10 +16,11 @@ sources, `meta` (the problem's generator entry, carried by the build stage).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from curation import answers, verifier
+from curation import answers, checks
+from machinery.config import FilterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -28,42 +30,12 @@ FORMAT_REWARD = 0.5
 # Per tag that appears exactly once: a gradient towards the format before a model meets it whole.
 PARTIAL_TAG_REWARD = 0.125
 
-Verdict = tuple[bool, bool]  # (formatted, correct)
 RewardFn = Callable[..., list[float]]
 
 
 def is_formatted(completion: str | None) -> bool:
     """Exactly one reasoning block then one answer block, nothing outside: the filter's format check."""
     return answers.format_problem(completion) is None
-
-
-def verdicts(completions: Sequence[str | None], gold: Sequence[str], source: Sequence[str],
-             meta: Sequence[str | None] | None = None, *, deadline_s: float = 10.0, workers: int = 2
-             ) -> list[Verdict]:
-    """(formatted, correct) per completion, as the curation filter judges format and answer.
-
-    Only formatted completions pay for math-verify, as in the filter. An answer with no
-    verdict in time (`None` from the verifier) is not correct: the filter rejects it too.
-    """
-    n = len(completions)
-    if len(gold) != n or len(source) != n or (meta is not None and len(meta) != n):
-        raise ValueError(f"verdicts needs one gold, source (and meta) per completion: {n} completions, "
-                         f"{len(gold)} golds, {len(source)} sources, {'no' if meta is None else len(meta)} metas")
-    metas = list(meta) if meta is not None else [None] * n
-    missing = sorted({s for s, m in zip(source, metas) if s.startswith("procedural/") and not m})
-    if missing:
-        raise ValueError(f"procedural sources need the problem's meta for the generator's verdict, none given for "
-                         f"{', '.join(missing)}; pass meta= (the `meta` column of the dedup stage's problems)")
-    formatted = [is_formatted(c) for c in completions]
-    todo = [i for i, ok in enumerate(formatted) if ok]
-    correct = [False] * n
-    if todo:
-        checked = verifier.verdicts([completions[i] for i in todo], [gold[i] for i in todo],
-                                    [source[i] for i in todo], [metas[i] or "{}" for i in todo],
-                                    deadline_s=deadline_s, workers=workers)
-        for i, ok in zip(todo, checked):
-            correct[i] = ok is True
-    return list(zip(formatted, correct))
 
 
 def _column(kwargs: dict[str, Any], name: str, n: int, *, required: bool = True) -> list[str] | None:
@@ -78,11 +50,12 @@ def _column(kwargs: dict[str, Any], name: str, n: int, *, required: bool = True)
     return values
 
 
-def batch_verdicts(completions: list[str], **kwargs: Any) -> list[Verdict]:
-    """`verdicts` over a Tunix batch: gold, source and (optional) meta from the kwargs."""
+def batch_judge(completions: list[str], kwargs: dict[str, Any], config: FilterConfig) -> list[checks.Verdict]:
+    """`checks.judge` over a Tunix batch: gold, source and (optional) meta from its kwargs."""
     n = len(completions)
-    return verdicts(completions, _column(kwargs, "gold", n), _column(kwargs, "source", n),
-                    _column(kwargs, "meta", n, required=False))
+    return checks.judge(completions, _column(kwargs, "gold", n), _column(kwargs, "source", n),
+                        _column(kwargs, "meta", n, required=False), config=config,
+                        deadline_s=config.check_deadline_s)
 
 
 def format_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
@@ -95,13 +68,35 @@ def partial_format_reward(prompts: list[str], completions: list[str], **kwargs: 
     return [PARTIAL_TAG_REWARD * sum((c or "").count(tag) == 1 for tag in answers.TAGS) for c in completions]
 
 
+def correctness_for(config: FilterConfig | None = None) -> RewardFn:
+    """The correctness reward under the run's filter bounds (`config.filter`), less the token lengths.
+
+    CORRECT_REWARD when `checks.judge` keeps the completion under `checks.rollout_config(config)`, else 0.
+    """
+    judged = checks.rollout_config(config)
+
+    # A closure, not functools.partial: Tunix names the reward's metric after its __name__ and
+    # passes algo-config values to parameters its signature names, so it keeps Tunix's signature.
+    def correctness_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        """CORRECT_REWARD when the filter's checks keep the completion, else 0."""
+        found = batch_judge(completions, kwargs, judged)
+        rewards = [CORRECT_REWARD if v.reason is None else 0.0 for v in found]
+        logger.debug("correctness reward: %d of %d kept", sum(r > 0 for r in rewards), len(rewards))
+        return rewards
+
+    return correctness_reward
+
+
 def correctness_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-    """CORRECT_REWARD when the curation verdict says correct (format and verified answer), else 0."""
-    rewards = [CORRECT_REWARD if correct else 0.0 for _, correct in batch_verdicts(completions, **kwargs)]
-    logger.debug("correctness reward: %d of %d correct", sum(r > 0 for r in rewards), len(rewards))
-    return rewards
+    """CORRECT_REWARD when the filter's checks under `FilterConfig()`'s bounds keep the completion, else 0."""
+    return correctness_for(None)(prompts, completions, **kwargs)
 
 
-def reward_fns() -> list[RewardFn]:
-    """The GRPO rewards, summed by Tunix: format, partial format, correctness."""
-    return [format_reward, partial_format_reward, correctness_reward]
+def settings(config: FilterConfig | None = None) -> dict[str, Any]:
+    """The filter bounds the correctness reward reads under `config`, for the GRPO stage's key."""
+    return checks.rollout_config(config).model_dump(mode="json", exclude=set(checks.FILTER_ONLY_FIELDS))
+
+
+def reward_fns(config: FilterConfig | None = None) -> list[RewardFn]:
+    """The GRPO rewards, summed by Tunix: format, partial format, correctness under `config` (the run's filter)."""
+    return [format_reward, partial_format_reward, correctness_for(config)]

@@ -8,7 +8,8 @@ import time
 import polars as pl
 import pytest
 
-from curation import answers, filters, verifier
+from curation import answers, checks, filters, verifier
+from curation.checks import FilterReason
 from curation.sources import procedural
 from curation.teacher.prompts import format_trace
 from machinery.config import FilterConfig
@@ -118,7 +119,7 @@ def test_procedural_answers_also_need_the_generators_full_score():
 def test_a_trace_with_a_false_step_leaves_as_wrong_step_with_the_claim():
     problems = _problems()
     gold = problems["answer"][0]
-    slip = f"The greatest common divisor of 60 and 57 is 6. 60 / 6 = 10 and 57 / 6 = 15. So we get {gold}."
+    slip = f"We divide both by 6: 60 / 6 = 10 and 57 / 6 = 15. So we get {gold}."
     traces = [(0, format_trace(slip, gold), "stop"), (0, format_trace(REASONING, gold), "stop")]
     result = filters.filter_traces(_generations(problems, traces), problems, FilterConfig(min_tokens=1))
     assert result.rejected.select("sample_idx", "reject_reason", "reject_detail").rows() == [
@@ -142,3 +143,58 @@ def test_stats_keep_two_examples_per_reject_reason_with_their_evidence():
     first = shown["wrong_answer"][0]
     assert first["detail"].startswith("answered ") and first["excerpt"].startswith("<reasoning>")
     assert shown["bad_format"][0]["detail"].startswith("needs each tag exactly once")
+
+
+# The list of single-completion checks (`curation.checks`) that the filter, the reward and the eval share.
+
+ARITHMETIC = "First, 12 + 30 = 42. Then 42 - 2 = 40. Half of it: 40 / 2 = 20. We check the result once more."
+
+
+def _rows(texts: list[str], gold: str = "20") -> list[checks.Row]:
+    return checks.rows_of(texts, [gold] * len(texts), ["openai/gsm8k"] * len(texts), None)
+
+
+def test_a_completion_leaves_at_its_first_failure_in_list_order():
+    loop = " ".join(["we add 3 + 4 = 8 again"] * 20)  # repetitive, and every step false
+    texts = [f"{loop} 20", format_trace(loop, "21"), format_trace(ARITHMETIC.replace("= 40", "= 41"), "21")]
+    found = checks.first_failures(_rows(texts), checks.Context(config=FilterConfig()))
+    assert [f.reason for f in found] == ["bad_format", "repetitive", "wrong_step"]
+
+
+def test_a_batch_check_sees_only_the_rows_still_alive_and_counts_them():
+    texts = ["no tags", format_trace(ARITHMETIC, "20"), format_trace(ARITHMETIC.replace("= 40", "= 41"), "20")]
+    context = checks.Context(config=FilterConfig())
+    checks.first_failures(_rows(texts), context)
+    assert (context.counts["step_claims_checked"], context.counts["traces_with_false_steps"]) == (6, 1)
+    assert context.counts["checked"] == 1  # math-verify read the one trace that passed everything before it
+
+
+def test_a_new_check_is_one_entry():
+    def bananas(row: checks.Row, config: FilterConfig) -> str | None:
+        return "mentions bananas" if "banana" in row.text else None
+
+    entries = (*checks.CHECKS, checks.per_text(FilterReason.JUDGE_REJECTED, bananas))
+    texts = [format_trace(ARITHMETIC + " Like a banana.", "20"), format_trace(ARITHMETIC, "20")]
+    found = checks.first_failures(_rows(texts), checks.Context(config=FilterConfig()), entries)
+    assert found == [checks.Failure(FilterReason.JUDGE_REJECTED, "mentions bananas"), None]
+
+
+def test_a_check_that_gives_a_reason_it_did_not_declare_is_an_error():
+    wrong = checks.Check((FilterReason.TOO_LONG,), lambda rows, context: [checks.Failure(FilterReason.BAD_FORMAT, "")])
+    with pytest.raises(RuntimeError, match="rejected row 0 as"):
+        checks.first_failures(_rows(["x"]), checks.Context(config=FilterConfig()), (wrong,))
+
+
+def test_judge_estimates_missing_token_counts_from_the_text():
+    text = format_trace(ARITHMETIC, "20")  # 141 characters: 35 tokens at 4 characters a token
+    said = checks.judge([text] * 3, ["20"] * 3, ["openai/gsm8k"] * 3, None, config=FilterConfig(min_tokens=30),
+                        tokens=[None, 12, 300])
+    assert [v.reason for v in said] == [None, FilterReason.TOO_SHORT, None]
+    assert said[1].detail == "12 tokens < 30"
+
+
+def test_judge_names_what_is_missing():
+    with pytest.raises(ValueError, match="1 completions, 2 golds"):
+        checks.judge(["x"], ["1", "2"], ["openai/gsm8k"], None)
+    with pytest.raises(ValueError, match="procedural/chain_sum"):
+        checks.judge(["x"], ["1"], ["procedural/chain_sum"], [None])

@@ -1,22 +1,26 @@
-"""GRPO rewards: one verdict with the curation filter on 200 completions, and each reward alone."""
+"""GRPO rewards: one verdict with the curation filter on 364 planted completions, and each reward alone."""
 
 from __future__ import annotations
 
-import random
 import re
 
 import numpy as np
 import polars as pl
 import pytest
 
-from curation import filters
+from curation import checks, filters
+from curation.checks import FilterReason
 from curation.sources import procedural
 from curation.teacher.prompts import format_trace
 from machinery.config import FilterConfig
 from machinery.schema import Problem, problem_id, problems_frame
 from training import rewards
 
-REASONING = "We work it out step by step and check the result once more before answering."
+# Real arithmetic, all of it true, so the step check reads three claims in every trace built on it.
+REASONING = "First, 12 + 30 = 42. Then 42 - 2 = 40. Half of it: 40 / 2 = 20. We check the result once more."
+SLIP = REASONING.replace("42 - 2 = 40", "42 - 2 = 41")  # one false step, the final answer untouched
+LOOP = " ".join(["we add 3 + 4 = 7 again"] * 20)
+OTHER_LANGUAGE = "我们把这些数字加起来 12 + 30 = 42，然后得到答案。"
 
 
 def _problems() -> pl.DataFrame:
@@ -68,18 +72,20 @@ def _variants(gold: str, source: str) -> dict[str, tuple[str, str] | None]:
         "thousands_comma": (format_trace(REASONING, f"{number:,}"), "stop") if number is not None else None,
         "dollar_sign": (format_trace(REASONING, f"${number}"), "stop") if number is not None else None,
         "decimal_value": (format_trace(REASONING, f"{fraction[0] / fraction[1]:.6f}"), "stop") if fraction else None,
+        "false_step": (format_trace(SLIP, gold), "stop"),
+        "loop": (format_trace(LOOP, gold), "stop"),
+        "other_language": (format_trace(OTHER_LANGUAGE, gold), "stop"),
     }
 
 
-def _sample(n: int = 200) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """n (problem, completion kind) pairs drawn with a seed: problems, generations, kinds."""
+def _sample() -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """Every (problem, completion kind) pair that applies: problems, generations, kinds."""
     problems = _problems()
-    pairs = []
+    chosen = []
     for pid, gold, source in problems.select("id", "answer", "source").iter_rows():
         for kind, made in _variants(gold, source).items():
             if made is not None:
-                pairs.append((pid, kind, *made))
-    chosen = random.Random(0).sample(pairs, n)
+                chosen.append((pid, kind, *made))
     generations = pl.DataFrame(
         [{"problem_id": p, "sample_idx": i, "completion": text, "finish_reason": finish, "completion_tokens": None}
          for i, (p, _, text, finish) in enumerate(chosen)],
@@ -88,22 +94,21 @@ def _sample(n: int = 200) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     return problems, generations, [kind for _, kind, _, _ in chosen]
 
 
-# Only the checks that decide format and answer: length, loop and language bounds are quality
-# filters, not part of "correct", and best-of-N keeps correct traces it drops (its reasons count as correct).
-LOOSE = FilterConfig(min_tokens=0, max_repeated_ngram_share=1.0, min_latin_share=0.0)
-PASSED_ANSWER_CHECK = {None, filters.FilterReason.NEAR_DUPLICATE_TRACE.value,
-                       filters.FilterReason.BEST_OF_N_SURPLUS.value}
+# The filter's bounds, less its token lengths (the reward lifts those for rollouts: tested below);
+# best-of-N and near-identical traces drop traces that passed every check, so their reasons count as kept.
+CONFIG = FilterConfig(min_tokens=0)
+KEPT_BY_THE_CHECKS = {None, FilterReason.NEAR_DUPLICATE_TRACE.value, FilterReason.BEST_OF_N_SURPLUS.value}
 
 
 @pytest.fixture(scope="module")
 def judged():
-    """The 200 completions, the filter stage's reason for each, and the correctness reward for each."""
+    """The planted completions, the filter stage's reason for each, and the correctness reward for each."""
     problems, generations, kinds = _sample()
-    result = filters.filter_traces(generations, problems, LOOSE)
+    result = filters.filter_traces(generations, problems, CONFIG)
     reasons = dict(zip(result.rejected["sample_idx"].to_list(), result.rejected["reject_reason"].to_list()))
     facts = generations.join(problems.select(pl.col("id").alias("problem_id"), "answer", "source", "meta"),
                              on="problem_id", how="left", maintain_order="left")
-    reward = rewards.correctness_reward(
+    reward = rewards.reward_fns(CONFIG)[2](
         prompts=["p"] * facts.height, completions=facts["completion"].to_list(),
         gold=facts["answer"].to_list(), source=facts["source"].to_list(), meta=facts["meta"].to_list())
     return facts, kinds, [reasons.get(i) for i in facts["sample_idx"].to_list()], reward
@@ -111,7 +116,7 @@ def judged():
 
 def test_sample_covers_every_kind_of_completion(judged):
     facts, kinds, _, _ = judged
-    assert facts.height == 200
+    assert facts.height == 364
     assert set(kinds) == set(_variants("3/4", "x")) | set(_variants("3", "x"))
     assert facts["source"].str.starts_with("procedural/").sum() > 100
 
@@ -119,9 +124,17 @@ def test_sample_covers_every_kind_of_completion(judged):
 def test_correctness_reward_equals_the_filter_verdict_on_every_completion(judged):
     facts, kinds, reasons, reward = judged
     for i, (kind, reason, value) in enumerate(zip(kinds, reasons, reward)):
-        assert (value == rewards.CORRECT_REWARD) == (reason in PASSED_ANSWER_CHECK), (
+        assert (value == rewards.CORRECT_REWARD) == (reason in KEPT_BY_THE_CHECKS), (
             f"row {i} ({kind}): filter reason {reason!r}, reward {value}: {facts['completion'][i]!r}")
-    assert 40 < sum(r > 0 for r in reward) < 160  # both verdicts are well represented
+    assert 0.2 < sum(r > 0 for r in reward) / len(reward) < 0.8  # both verdicts are well represented
+
+
+@pytest.mark.parametrize(("kind", "reason"), [("false_step", "wrong_step"), ("loop", "repetitive"),
+                                            ("other_language", "wrong_language")])
+def test_a_right_answer_after_a_rejected_trace_earns_nothing_for_the_same_reason(judged, kind, reason):
+    _, kinds, reasons, reward = judged
+    found = [(r, v) for k, r, v in zip(kinds, reasons, reward) if k == kind]
+    assert found and all(r == reason and v == 0.0 for r, v in found)
 
 
 def test_generator_verdict_counts_for_procedural_sources(judged):
@@ -132,8 +145,8 @@ def test_generator_verdict_counts_for_procedural_sources(judged):
         # math-verify says equal to all of these; the generators give partial credit or none.
         if ((kind == "unreduced_fraction" and source.startswith("procedural/"))
                 or (kind == "trailing_decimal" and source == "procedural/basic_arithmetic")
-                or (kind == "thousands_comma" and source.startswith("procedural/")
-                    and abs(int(facts["answer"][i])) >= 1000)):
+                or (kind == "thousands_comma" and source == "procedural/basic_arithmetic"
+                    and abs(int(facts["answer"][i])) >= 1000)):  # chain_sum's generator takes "3,037"
             assert reward[i] == 0.0 and reasons[i] == "wrong_answer", (kind, source)
             checked += 1
     assert checked >= 5
@@ -159,7 +172,7 @@ def test_equal_values_written_otherwise_are_correct_for_hub_sources(judged, kind
 
 @pytest.mark.parametrize("kind", ["wrong_number", "missing_tags", "answer_tag_only", "truncated", "two_answers",
                                   "two_same_answers", "text_outside", "out_of_order", "empty_answer",
-                                  "empty_reasoning"])
+                                  "empty_reasoning", "false_step", "loop", "other_language"])
 def test_wrong_or_malformed_completions_are_not_correct(judged, kind):
     found = _rewards_of(judged, kind)
     assert found and all(r == 0.0 for r in found)
@@ -195,14 +208,6 @@ def test_procedural_source_without_meta_is_an_error_not_a_guess():
         rewards.correctness_reward(["p"], [format_trace(REASONING, "3")], gold=["3"], source=["procedural/chain_sum"])
 
 
-def test_verdicts_pairs_format_with_correctness():
-    completions = [format_trace(REASONING, "5"), format_trace(REASONING, "6"), "<answer>5</answer>"]
-    assert rewards.verdicts(completions, ["5"] * 3, ["openai/gsm8k"] * 3) == [(True, True), (True, False),
-                                                                             (False, False)]
-    with pytest.raises(ValueError, match="one gold"):
-        rewards.verdicts(completions, ["5"], ["openai/gsm8k"] * 3)
-
-
 def test_rewards_plug_into_tunix_reward_manager():
     from tunix.rl.grpo.grpo_learner import GRPOConfig
     from tunix.rl.reward_manager import SequenceRewardManager
@@ -213,3 +218,28 @@ def test_rewards_plug_into_tunix_reward_manager():
                   source=np.array(["openai/gsm8k"] * 2), mode="train")
     full = rewards.FORMAT_REWARD + 4 * rewards.PARTIAL_TAG_REWARD + rewards.CORRECT_REWARD
     assert list(out["rewards"]) == [full, 0.0]
+
+
+def test_the_teachers_token_length_bounds_do_not_bind_rollouts():
+    """A right rollout outside filter.min_tokens/max_tokens is paid; the filter's own checks reject it."""
+    bounded = FilterConfig(min_tokens=30, max_tokens=40)
+    short = format_trace("12 + 30 = 42.", "42")  # ~12 tokens by the 4-characters estimate
+    long = format_trace(" ".join([REASONING] * 2), "42")  # ~56
+    texts, golds, sources = [short, long], ["42"] * 2, ["openai/gsm8k"] * 2
+    said = checks.judge(texts, golds, sources, None, config=bounded)
+    assert [v.reason for v in said] == [FilterReason.TOO_SHORT, FilterReason.TOO_LONG]
+    assert rewards.reward_fns(bounded)[2](["p"] * 2, texts, gold=golds, source=sources) == [1.0, 1.0]
+
+
+def test_the_runs_filter_bounds_reach_the_correctness_reward():
+    texts, kwargs = [format_trace(SLIP, "20"), format_trace(REASONING, "20")], {"gold": ["20"] * 2,
+                                                                             "source": ["openai/gsm8k"] * 2}
+    assert rewards.reward_fns(FilterConfig())[2](["p"] * 2, texts, **kwargs) == [0.0, 1.0]
+    assert rewards.reward_fns(FilterConfig(check_steps=False))[2](["p"] * 2, texts, **kwargs) == [1.0, 1.0]
+
+
+def test_the_grpo_key_follows_the_bounds_the_reward_reads_and_no_others():
+    base = rewards.settings(FilterConfig())
+    assert rewards.settings(FilterConfig(check_steps=False)) != base
+    assert rewards.settings(FilterConfig(min_latin_share=0.5)) != base
+    assert rewards.settings(FilterConfig(keep_per_problem=7, similar_threshold=0.5, max_tokens=99)) == base
