@@ -31,16 +31,27 @@ class PullStats(store.StageStats):
 _CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"  # control characters other than tab, newline, return
 
 
-def screen(problems: pl.DataFrame, max_chars: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(kept, rejected): problems over `max_chars`, or with control characters in any text field, leave."""
-    text = ("problem", "answer", "solution")
-    control = pl.any_horizontal(pl.col(c).fill_null("").str.contains(_CONTROL) for c in text)
-    long = pl.col("problem").str.len_chars() > max_chars
-    reason = (pl.when(long).then(pl.lit(RejectReason.TOO_LONG.value))
-              .when(control).then(pl.lit(RejectReason.CONTROL_CHARACTERS.value)))
-    detail = (pl.when(long).then(pl.format("problem has {} characters > pull.max_chars {}",
-                                           pl.col("problem").str.len_chars(), pl.lit(max_chars)))
-              .when(control).then(pl.lit("a text field holds control characters (NUL, BEL, ...)")))
+def screen(problems: pl.DataFrame, max_chars: int, max_answer_chars: int | None = None,
+           max_solution_chars: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(kept, rejected): a text field over its cap (`too_long`) or with control characters leaves, the field named.
+
+    Every later check reads these fields, so the caps bound its work (`pull.max_chars` for
+    the problem, `pull.max_answer_chars`, `pull.max_solution_chars`; None: no cap).
+    """
+    rules = []  # (condition, reason, detail), the first that holds wins
+    for name, key, cap in (("problem", "max_chars", max_chars), ("answer", "max_answer_chars", max_answer_chars),
+                           ("solution", "max_solution_chars", max_solution_chars)):
+        if cap is not None:
+            length = pl.col(name).str.len_chars()
+            rules.append((length > cap, RejectReason.TOO_LONG,
+                          pl.format(f"{name} has {{}} characters > pull.{key} {cap}", length)))
+    for name in ("problem", "answer", "solution"):
+        rules.append((pl.col(name).fill_null("").str.contains(_CONTROL), RejectReason.CONTROL_CHARACTERS,
+                      pl.lit(f"{name} holds control characters (NUL, BEL, ...)")))
+    reason = pl.when(rules[0][0]).then(pl.lit(rules[0][1].value))
+    detail = pl.when(rules[0][0]).then(rules[0][2])
+    for condition, why, said in rules[1:]:
+        reason, detail = reason.when(condition).then(pl.lit(why.value)), detail.when(condition).then(said)
     marked = problems.with_columns(reject_reason=reason, reject_detail=detail)
     return (marked.filter(pl.col("reject_reason").is_null()).drop("reject_reason", "reject_detail"),
             marked.filter(pl.col("reject_reason").is_not_null()))
@@ -67,7 +78,7 @@ def pull(config: PullConfig, plan: shards.Plan | None = None) -> store.StageResu
         reject_detail=pl.lit("the same source row was listed twice; first copy kept"),
     )
     kept = kept.filter(first)
-    kept, hostile = screen(kept, config.max_chars)
+    kept, hostile = screen(kept, config.max_chars, config.max_answer_chars, config.max_solution_chars)
     rejected = pl.concat([rejected, duplicates, hostile])
     per_source: dict[str, dict[str, int]] = {}
     for name, frame in (("kept", kept), ("rejected", rejected)):

@@ -23,7 +23,7 @@ class RejectReason(StrEnum):
     NESTED_TOO_DEEP = "nested_too_deep"  # JSON deeper than the parser's recursion limit
     NON_FINITE_ANSWER = "non_finite_answer"  # "#### nan", "#### inf": no answer can equal it
     DUPLICATE_ID = "duplicate_id"
-    TOO_LONG = "too_long"  # longer than pull.max_chars
+    TOO_LONG = "too_long"  # a text field over its pull cap (max_chars, max_answer_chars, ...), named in the detail
     CONTROL_CHARACTERS = "control_characters"  # NUL, BEL and the like: never in a real problem
 
 

@@ -21,7 +21,8 @@ def load(spec: ProceduralSource | HubSource, seed: int, *, limit: int | None = N
 
     if isinstance(spec, ProceduralSource):
         n = min(spec.n, limit) if limit else spec.n
-        return procedural.load(spec.task, n, spec.seed if spec.seed is not None else seed, **spec.options)
+        return procedural.load(spec.task, n, spec.seed if spec.seed is not None else seed,
+                               allow_unsafe_scorer=spec.allow_unsafe_scorer, **spec.options)
     caps = [x for x in (spec.limit, limit) if x is not None]
     return hub.load(spec.id, spec.data_files, spec.split, config=spec.config, revision=spec.revision,
                     limit=min(caps) if caps else None)

@@ -61,7 +61,7 @@ def _gsm8k(row: Row, source: str, source_id: str) -> Problem | Rejected:
 
 
 def _last_boxed(solution: Any) -> Any:
-    """The last `\\boxed{}` of a solution ("" when none), or the value itself if not text."""
+    """The last outermost `\\boxed{}` of a solution ("" when none), or the value itself if not text."""
     if not isinstance(solution, str):
         return solution
     boxed = boxed_contents(solution)

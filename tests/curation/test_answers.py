@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import time
+from decimal import Decimal
 
 import pytest
 
-from curation.answers import check_many, extract, is_equivalent
+from curation.answers import (
+    MAX_ANSWER_CHARS,
+    MAX_COMPLETION_CHARS,
+    answer_blocks,
+    boxed_contents,
+    check_many,
+    extract,
+    is_equivalent,
+    plain_number,
+    too_long,
+)
 
 
 @pytest.mark.parametrize(
@@ -134,3 +147,64 @@ def test_the_audit_counts_what_the_verifier_could_not_read_or_decide():
     assert results == [True, False, False, False, False, True]
     assert audit == verifier.Audit(checked=6, no_answer=1, gold_unparsed=1, pred_unparsed=1, no_verdict=0,
                                    generator_checked=2, verify_yes_generator_no=1, verify_no_generator_yes=0)
+
+
+# The pattern `plain_number` used before (issue 29): a reference for what it accepts, on short texts only.
+_OLD_PLAIN_NUMBER = re.compile(
+    r"^\s*(?:\\?\$\s*)?(?P<num>[-+\u2212]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)"
+    r"\s*(?:\\?\$)?(?:\s*(?:\\text\{\s*)?[A-Za-z]+\.?\}?)*\s*\.?\s*$"
+)
+
+
+def _took(fn, *args) -> float:
+    """CPU seconds of one call: wall time on the shared test machine swings with its load."""
+    started = time.process_time()
+    fn(*args)
+    return time.process_time() - started
+
+
+def test_plain_number_is_linear_on_words_after_a_number():
+    """The old pattern took 2.6 s on the first text and doubled with every word."""
+    assert _took(plain_number, "3 apples and oranges in the big red basket;") < 0.5
+    assert plain_number("3 apples and oranges in the basket;" + " and more" * 10_000) is None
+    assert _took(plain_number, "5" + " " * 100_000 + "x!") < 0.5
+    assert plain_number("$1,080 dollars.") == Decimal(1080)
+
+
+def test_plain_number_accepts_what_the_old_pattern_accepted():
+    rng = random.Random(0)
+    pieces = ["5", "12", "1,080", ",", ".", " ", "$", "\\$", "\\", "\\text{", "cm", "a", "}", "-", "\u2212", "\n"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        old = _OLD_PLAIN_NUMBER.match(text)
+        expected = None if old is None else Decimal(re.sub(r"[\s,]", "", old.group("num")).replace("\u2212", "-"))
+        assert plain_number(text) == expected, text
+
+
+@pytest.mark.parametrize("text", [
+    "\\boxed{" * 4_000,  # the old scan from each box to the end: ~6 s on 28 KB
+    "\\boxed{" * 7_000 + "}" * 7_000,  # nested and closed
+    "\\boxed" * 16_000,  # `\boxed` arguments that run to the end
+    "<answer>" * 12_000,  # the old `<answer>(.*?)</answer>` search: ~30 s on 160 KB
+    "<answer>" * 12_000 + "</answer>",
+])
+def test_extraction_is_linear_on_runs_of_boxes_and_tags(text):
+    assert _took(extract, text) < 0.5
+    assert _took(boxed_contents, text) < 0.5
+
+
+def test_a_box_inside_a_box_is_not_one_committed_answer():
+    assert extract("\\boxed{\\boxed{5}}") is None  # two different boxed values, "\boxed{5}" and "5"
+    assert extract("\\boxed{\\boxed{}}") == "\\boxed{}"  # an empty box is no value
+    assert boxed_contents("a \\boxed{1 + \\boxed{2}} b \\fbox{3}") == ["1 + \\boxed{2}", "3"]
+
+
+def test_answer_blocks_pair_tags_as_the_old_search_did():
+    text = "<answer>1<answer>2</ANSWER> x </answer><Answer>3</answer><answer>4"
+    assert answer_blocks(text) == re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL | re.IGNORECASE)
+
+
+def test_too_long_names_the_input_over_its_cap():
+    assert too_long("x" * MAX_COMPLETION_CHARS, "3") is None
+    assert too_long("x" * (MAX_COMPLETION_CHARS + 1), "3").startswith("completion has")
+    assert too_long("x", "3" * (MAX_ANSWER_CHARS + 1)).startswith("gold answer has")

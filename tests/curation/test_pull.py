@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from curation import pull
 from machinery import store
@@ -53,3 +54,47 @@ def test_rejected_rows_land_in_rejected_parquet(tmp_path):
     pull.run(tmp_path / "run", PullConfig(sources=[HubSource(id="openai/gsm8k", data_files=str(path))]))
     rejected = pl.read_parquet(tmp_path / "run" / "pull" / "rejected.parquet")
     assert rejected["reject_reason"].to_list() == ["wrong_type"]
+
+
+def test_every_text_field_has_a_cap_and_the_reject_names_the_field(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [
+        {"question": "2+2?", "answer": "#### 4"},
+        {"question": "q" * 101, "answer": "#### 4"},
+        {"question": "2+2?", "answer": "x" * 200 + "\n#### 4"},
+        {"question": "2+2?", "answer": "#### " + "4" * 30},
+        {"question": "2+2?", "answer": "#### 4\u0007"}])
+    config = PullConfig(sources=[HubSource(id="openai/gsm8k", data_files=str(path))], max_chars=100,
+                        max_answer_chars=20, max_solution_chars=100)
+    result = pull.pull(config)
+    assert result.kept["source_id"].to_list() == ["train/0"]
+    details = dict(zip(result.rejected["source_id"], result.rejected["reject_detail"]))
+    assert dict(zip(result.rejected["source_id"], result.rejected["reject_reason"])) == {
+        "train/1": "too_long", "train/2": "too_long", "train/3": "too_long", "train/4": "unparsable_answer"}
+    assert details["train/1"] == "problem has 101 characters > pull.max_chars 100"
+    assert details["train/2"] == "solution has 207 characters > pull.max_solution_chars 100"
+    assert details["train/3"] == "answer has 30 characters > pull.max_answer_chars 20"
+
+
+def test_control_characters_are_named_by_field():
+    frame = pl.DataFrame({"problem": ["ok", "ok"], "answer": ["1", "1"], "solution": [None, "a\u0000b"]})
+    kept, rejected = pull.screen(frame, max_chars=100)
+    assert kept.height == 1
+    assert rejected["reject_detail"].to_list() == ["solution holds control characters (NUL, BEL, ...)"]
+
+
+def test_the_config_passes_its_pull_caps_to_the_stage():
+    from machinery.config import Config
+
+    config = Config(sources=[ProceduralSource(task="chain_sum")],
+                    pull={"max_chars": 5, "max_answer_chars": 6, "max_solution_chars": 7})
+    stage = config.pull_stage()
+    assert (stage.max_chars, stage.max_answer_chars, stage.max_solution_chars) == (5, 6, 7)
+
+
+def test_a_procedural_task_with_an_eval_scorer_needs_the_allow_option():
+    from curation.sources.procedural import UnsafeScorerError
+
+    with pytest.raises(UnsafeScorerError, match="spiral_matrix"):
+        pull.pull(PullConfig(sources=[ProceduralSource(task="spiral_matrix", n=2)]))
+    result = pull.pull(PullConfig(sources=[ProceduralSource(task="spiral_matrix", n=2, allow_unsafe_scorer=True)]))
+    assert result.kept.height == 2

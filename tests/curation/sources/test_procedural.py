@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -63,3 +65,58 @@ def test_generator_options_shape_the_problems_and_bad_ones_are_named():
     assert all(p.count("+") + p.count("-") == 1 for p in kept["problem"])
     with pytest.raises(LookupError, match="bad options \\['bogus'\\].*max_terms"):
         procedural.load("chain_sum", 3, seed=1, bogus=2)
+
+
+def _all_tasks() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+@pytest.mark.parametrize("task", _all_tasks())
+def test_a_task_is_allowed_by_default_only_with_a_reviewed_scorer_that_evaluates_no_code(task):
+    """Every installed task: one that loads without `allow_unsafe_scorer` must be reviewed and free of eval & co."""
+    found = procedural.EVALUATES_CODE.search(procedural.scorer_source(task))
+    if task in procedural.REVIEWED_SAFE_SCORERS:
+        assert found is None, f"{task}: reviewed, but the installed scorer now calls {found.group(0)}: review it again"
+    try:
+        procedural.check_scorer(task)
+    except procedural.UnsafeScorerError as err:
+        assert task in str(err)
+        return
+    assert task in procedural.REVIEWED_SAFE_SCORERS, f"{task}: allowed by default, but its scorer was never reviewed"
+    assert found is None, f"{task}: allowed by default, but its scorer calls {found.group(0)}"
+
+
+@pytest.mark.parametrize("task", ["spiral_matrix", "binary_matrix", "n_queens", "string_insertion",
+                                  "bitwise_arithmetic", "number_sorting"])
+def test_tasks_whose_scorers_eval_are_refused_without_the_allow_option(task):
+    assert not procedural.scorer_is_safe(task)
+    with pytest.raises(procedural.UnsafeScorerError, match=f"{task}.*allow_unsafe_scorer"):
+        procedural.load(task, 2, seed=0)
+
+
+def test_the_reviewed_list_names_only_installed_tasks():
+    assert procedural.REVIEWED_SAFE_SCORERS <= set(_all_tasks())
+
+
+def test_an_allowed_eval_scorer_runs_in_a_subprocess_with_a_time_limit(tmp_path):
+    kept, _ = procedural.load("spiral_matrix", 1, seed=0, allow_unsafe_scorer=True)
+    meta, gold = kept["meta"][0], kept["answer"][0]
+    marker = tmp_path / "ran"
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text(str(__import__('os').getpid()))"
+    with pytest.raises(procedural.UnsafeScorerError):
+        procedural.score(meta, code)  # never in this process
+    assert not marker.exists()
+    started = time.monotonic()
+    found = procedural.scores([meta, meta, meta], [gold, "[x for x in iter(int, 1)]", code],
+                              unsafe_tasks={"spiral_matrix"}, deadline_s=8)
+    assert found[:2] == [1.0, None]  # the right answer; an endless loop gives no verdict
+    assert found[2] == 0.0 and int(marker.read_text()) != os.getpid()  # it ran, in another process
+    assert time.monotonic() - started < 60
+    assert procedural.scores([meta], [gold]) == [None]  # not in unsafe_tasks: refused
+
+
+def test_scores_refuses_an_unknown_or_broken_meta_without_raising():
+    assert procedural.scores(['{"task": "no_such_task", "entry": {}}', "not json", "{}"], ["1", "1", "1"]) == [
+        None, None, None]
