@@ -3,13 +3,17 @@
 `LocalIndex` keeps one parquet file per version in `runs/<dataset>/dedup-index/` (ids,
 exact keys, MinHash signatures) and bands earlier and new signatures together in NumPy.
 `RedisIndex` keeps the same facts in Redis, the LSH buckets through datasketch's
-`MinHashLSH(storage_config={"type": "redis", ...})`, for several machines sharing one index.
+`MinHashLSH(storage_config={"type": "redis", ...}, prepickle=False)`, for several machines
+sharing one index. Its keys are plain bytes: nothing read from Redis is ever unpickled, so
+whoever can write to the server cannot run code in a later dedup, and an index written with
+datasketch's default pickled keys is refused, not read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -19,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from curation import minhash
-from machinery import store
+from machinery import redact, store
 
 if TYPE_CHECKING:
     from curation.dedup import Params
@@ -136,22 +140,54 @@ class LocalIndex:
         return {f"index:{v}": store.file_hash(self._path(v)) for v in self.versions()}
 
 
+REDIS_URL_ENV = "DISTILLERY_REDIS_URL"
+# What this version writes: LSH keys are the row ids' UTF-8 bytes (datasketch prepickle=False).
+# An index without this marker was written with datasketch's default, pickled keys.
+REDIS_FORMAT = b"bytes-keys-1"
+_PICKLE = b"\x80"  # the first byte of every pickle since protocol 2
+
+
+class LegacyIndexError(RuntimeError):
+    """A Redis index written with pickled keys: never read, since unpickling runs its writer's code."""
+
+
 class RedisIndex:
-    """The same index in Redis: LSH buckets through datasketch, signatures and keys in hashes."""
+    """The same index in Redis: LSH buckets through datasketch (bytes keys, no pickles), signatures in hashes."""
 
     def __init__(self, url: str, basename: str, version: str, params: Params):
         import redis
         from datasketch import MinHashLSH
 
-        parsed = urlparse(url)
-        connection = {"host": parsed.hostname or "127.0.0.1", "port": parsed.port or 6379,
-                      "db": int(parsed.path.strip("/") or 0)}
-        self.redis = redis.Redis(**connection)
+        # The whole URL: user, password, db and rediss:// TLS, with one connection pool for
+        # this class and datasketch's storage alike.
+        self.redis = redis.Redis.from_url(url)
+        self.where = redact.url(url)
         self.base = f"distillery:{basename}"
         self.version = version
         self.params = params
+        self._refuse_legacy()
         self.lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, params=(params.bands, params.rows),
-                              storage_config={"type": "redis", "basename": self.base.encode(), "redis": connection})
+                              storage_config={"type": "redis", "basename": self.base.encode(),
+                                              "redis": {"connection_pool": self.redis.connection_pool}},
+                              prepickle=False)
+
+    def _legacy(self, detail: str) -> LegacyIndexError:
+        pattern = f"{self.base}[:_]*"
+        return LegacyIndexError(
+            f"Redis index {self.base!r} at {self.where} {detail}: it was written by an older distillery, which "
+            f"stored pickled keys, and is not read (unpickling runs whatever code its writer put there). Delete it "
+            f"(redis-cli -u URL --scan --pattern '{pattern}' | xargs redis-cli -u URL del) and rebuild it by "
+            f"re-running dedup on the earlier versions, oldest first, or use dedup.index=local")
+
+    def _refuse_legacy(self) -> None:
+        """LegacyIndexError when the index holds versions but not this version's format marker."""
+        marker = self.redis.get(f"{self.base}:format")
+        if marker == REDIS_FORMAT:
+            return
+        if marker is not None:
+            raise self._legacy(f"has format {marker!r}, not {REDIS_FORMAT!r}")
+        if self.redis.exists(f"{self.base}:fingerprints"):
+            raise self._legacy("has versions but no format marker")
 
     def _lean(self, sig: np.ndarray):
         from datasketch import LeanMinHash
@@ -159,11 +195,19 @@ class RedisIndex:
         return LeanMinHash(seed=self.params.seed, hashvalues=sig, scheme="affine32")
 
     def versions(self) -> list[str]:
+        """Versions with an index entry that sort before the current one."""
         names = [v.decode() for v in self.redis.hkeys(f"{self.base}:fingerprints")]
         return sorted((n for n in names if version_order(n) < version_order(self.version)), key=version_order)
 
     def _earlier(self, version: bytes | None) -> bool:
         return version is not None and version_order(version.decode()) < version_order(self.version)
+
+    def _candidates(self, sig: np.ndarray) -> list[bytes]:
+        """Row ids (bytes) sharing a band with `sig`; a pickled one is refused, never loaded."""
+        found = self.lsh.query(self._lean(sig))
+        if any(c.startswith(_PICKLE) for c in found):
+            raise self._legacy("holds pickled LSH keys")
+        return found
 
     def match(self, keys: list[str], sigs: np.ndarray, params: Params) -> list[Match | None]:
         """Exact keys by hash lookup, near rows by datasketch LSH queries verified by Jaccard."""
@@ -176,7 +220,7 @@ class RedisIndex:
                     found.append((key_hit.decode(), 1.0, version.decode()))
                     continue
             best: Match | None = None
-            candidates = [c for c in self.lsh.query(self._lean(sig))]
+            candidates = self._candidates(sig)
             if candidates:
                 stored = self.redis.hmget(f"{self.base}:sig", candidates)
                 versions = self.redis.hmget(f"{self.base}:version", candidates)
@@ -185,16 +229,17 @@ class RedisIndex:
                         continue
                     score = float((np.frombuffer(raw, dtype=np.uint32) == sig).mean())
                     if score >= params.threshold and (best is None or score > best[1]):
-                        best = (cid, score, version.decode())
+                        best = (cid.decode(), score, version.decode())
             found.append(best)
         return found
 
     def add(self, ids: list[str], keys: list[str], sigs: np.ndarray) -> None:
         """Insert the current version's rows into the LSH and the hashes."""
+        self.redis.set(f"{self.base}:format", REDIS_FORMAT)
         with self.lsh.insertion_session() as session:
             for row_id, sig in zip(ids, sigs):
-                if row_id not in self.lsh:
-                    session.insert(row_id, self._lean(sig))
+                if row_id.encode() not in self.lsh:
+                    session.insert(row_id.encode(), self._lean(sig))
         pipe = self.redis.pipeline()
         for row_id, key, sig in zip(ids, keys, sigs):
             pipe.hset(f"{self.base}:sig", row_id, sig.tobytes())
@@ -204,17 +249,43 @@ class RedisIndex:
         pipe.execute()
 
     def has_current(self) -> bool:
+        """Whether the current version is recorded."""
         return bool(self.redis.hexists(f"{self.base}:fingerprints", self.version))
 
     def fingerprint(self) -> dict[str, str]:
+        """Content hashes of the earlier versions' entries."""
         return {f"index:{v}": self.redis.hget(f"{self.base}:fingerprints", v).decode() for v in self.versions()}
+
+
+def _address(url: str) -> tuple[str, int, int]:
+    """(host, port, db) of a Redis URL: which server and database it names, whatever the credentials."""
+    parsed = urlparse(url)
+    return (parsed.hostname or "localhost").lower(), parsed.port or 6379, int(parsed.path.strip("/") or 0)
+
+
+def redis_url(config: DedupConfig) -> str:
+    """The index's Redis URL: the worker's $DISTILLERY_REDIS_URL (credentials, TLS) or `dedup.redis_url`.
+
+    A config holds no credentials (machinery.config refuses them), so a password reaches
+    Redis only through the operator's environment, and only to the server that variable
+    names: a config naming another server is refused rather than sent the password.
+    """
+    from_env = os.environ.get(REDIS_URL_ENV, "").strip()
+    if from_env:
+        if config.redis_url and _address(config.redis_url) != _address(from_env):
+            raise ValueError(f"dedup.redis_url={config.redis_url!r} names another server than ${REDIS_URL_ENV} "
+                             f"({redact.url(from_env)}), whose credentials go to its own server only: unset "
+                             f"dedup.redis_url or make the two agree")
+        return from_env
+    if not config.redis_url:
+        raise ValueError(f"dedup.index=redis needs dedup.redis_url, e.g. redis://127.0.0.1:6379/0 (or the whole URL, "
+                         f"credentials included, in ${REDIS_URL_ENV})")
+    return config.redis_url
 
 
 def open_index(config: DedupConfig, run_dir: Path, params: Params) -> VersionIndex:
     """The configured index for the dataset that `run_dir` (runs/<dataset>/<version>) belongs to."""
     run_dir = run_dir.resolve()
     if config.index == "redis":
-        if not config.redis_url:
-            raise ValueError("dedup.index=redis needs dedup.redis_url, e.g. redis://127.0.0.1:6379/0")
-        return RedisIndex(config.redis_url, run_dir.parent.name, run_dir.name, params)
+        return RedisIndex(redis_url(config), run_dir.parent.name, run_dir.name, params)
     return LocalIndex(run_dir.parent, run_dir.name, params)

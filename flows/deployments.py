@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import stages
+from machinery import redact
 from machinery.config import load_config
 
 DEFAULT_DEPLOYMENT = "cpu-smoke"
@@ -68,8 +69,8 @@ def specs() -> list[Spec]:
 
 
 def parameters(spec: Spec, root: Path) -> dict[str, Any]:
-    """The flow parameters of a deployment: absolute paths under `root` and the resolved typed config."""
-    config = load_config(spec.profile, sets=spec.sets).model_dump(mode="json")
+    """The flow parameters of a deployment: absolute paths under `root` and the resolved config, URLs redacted."""
+    config = redact.value(load_config(spec.profile, sets=spec.sets).model_dump(mode="json"))
     where = str((root / spec.path).resolve())
     return {"dataset_dir": where, "config": config} if spec.flow == "refresh" else {"run_dir": where, "config": config}
 

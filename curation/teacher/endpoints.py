@@ -6,6 +6,9 @@ retry: 5xx, 429, timeouts, dropped connections) is benched for `bench_s` seconds
 is tried again, and one more failure benches it again. A request that failed is retried by the
 teacher's own policy, usually on another endpoint: which endpoint answered never matters to the
 request cache, so a resumed run may ask any of them.
+
+An endpoint is named in logs and counts (the generate stage's stats, the data card) by its
+URL with any credential redacted (`machinery.redact`), never by the URL itself.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+
+from machinery import redact
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +38,14 @@ class Endpoint:
     """An endpoint and its state."""
 
     url: str
+    label: str = ""  # the URL as logged and counted: credentials redacted (the default)
     in_flight: int = 0
     failures_in_a_row: int = 0
     benched_until: float = float("-inf")
     counts: Counts = field(default_factory=Counts)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or redact.url(self.url)
 
 
 class Endpoints:
@@ -48,7 +57,7 @@ class Endpoints:
             raise ValueError("a teacher needs at least one endpoint URL (teacher.base_url)")
         if bench_after < 1 or bench_s <= 0:
             raise ValueError(f"bench_after must be >= 1 and bench_s > 0, got {bench_after} and {bench_s}")
-        self.all = [Endpoint(url=url) for url in urls]
+        self.all = [Endpoint(url=url, label=label) for url, label in zip(urls, _labels(urls))]
         self.bench_after = bench_after
         self.bench_s = bench_s
         self.clock = clock
@@ -80,9 +89,18 @@ class Endpoints:
         if endpoint.failures_in_a_row >= self.bench_after and endpoint.benched_until <= now:
             endpoint.benched_until = now + self.bench_s
             endpoint.counts.benched += 1
-            logger.warning("teacher endpoint %s failed %d requests in a row; benched for %.0f s", endpoint.url,
+            logger.warning("teacher endpoint %s failed %d requests in a row; benched for %.0f s", endpoint.label,
                            endpoint.failures_in_a_row, self.bench_s)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """{url: {"requests", "successes", "failures", "benched"}} for every endpoint."""
-        return {e.url: asdict(e.counts) for e in self.all}
+        """{redacted url: {"requests", "successes", "failures", "benched"}} for every endpoint."""
+        return {e.label: asdict(e.counts) for e in self.all}
+
+
+def _labels(urls: list[str]) -> list[str]:
+    """Each URL redacted; URLs equal once redacted get `#2`, `#3`, ... so their counts stay apart."""
+    labels: list[str] = []
+    for url in urls:
+        label = redact.url(url)
+        labels.append(label if label not in labels else f"{label}#{labels.count(label) + 1}")
+    return labels

@@ -82,3 +82,17 @@ def test_generate_completes_when_one_of_two_endpoints_dies_mid_run(tmp_path):
     assert split[steady.base_url] == {"requests": problems.height - 6, "successes": problems.height - 6,
                                       "failures": 0, "benched": 0}
     assert sum(e["requests"] for e in split.values()) == stats["requests_sent"]
+
+
+def test_endpoints_are_counted_and_logged_by_their_url_with_credentials_redacted(caplog):
+    # Two URLs equal once redacted keep separate counts.
+    pool = Endpoints(["https://u:sk-one@a.example/v1", "https://u:sk-two@a.example/v1",
+                      "https://b.example/v1?key=sk-three"], bench_after=1)
+    first = pool.pick()
+    with caplog.at_level("WARNING"):
+        pool.done(first, ok=False)
+    assert first.url == "https://u:sk-one@a.example/v1"  # the client still gets the whole URL
+    assert list(pool.counts()) == ["https://***@a.example/v1", "https://***@a.example/v1#2",
+                                   "https://b.example/v1?key=***"]
+    assert "https://***@a.example/v1 failed 1 requests in a row" in caplog.text
+    assert not [s for s in ("sk-one", "sk-two", "sk-three") if s in caplog.text or s in json.dumps(pool.counts())]

@@ -91,7 +91,7 @@ def test_training_stages_run_as_flow_runs_on_the_pool_in_order(tpu_pool, tmp_pat
     tiny = load_config("tiny")
     with FakeOpenAI(answer=_solver(tiny)) as teacher:
         config = load_config("tiny", sets=["teacher.backend=openai", f"teacher.base_url={teacher.base_url}",
-                                           "teacher.model=fake", "teacher.style=chat", "teacher.api_key_env=NONE",
+                                           "teacher.model=fake", "teacher.style=chat", "teacher.api_key_env=null",
                                            "build.drop_zero_advantage=false", "filter.min_tokens=1",
                                            "orchestration.training_deployment=tpu"])
         with temporary_settings({PREFECT_API_URL: api_url}):
