@@ -7,6 +7,7 @@ Each card folder is publishable as a Hub dataset repo: README.md plus data/{trai
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from data_cards import markdown, plots
 from data_cards.facts import scrub
 from machinery import formats, store
+
+logger = logging.getLogger(__name__)
 
 SETS = ("sft", "grpo")
 DESCRIPTIONS = {
@@ -125,8 +128,7 @@ def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -
     card = scrub(card, run_dir)
     body = _environment().from_string(resources.files("data_cards").joinpath("template.md.j2").read_text()).render(
         card_data=card_data.to_yaml(), hits=card["facts"]["dedup"]["hits"][:MAX_HITS],
-        # runs filtered before the audit existed have none: the table then shows zeros
-        audit=card["facts"]["filter"].get("audit") or {}, rejected_examples=card["facts"]["filter"].get("examples") or {},
+        audit=card["facts"]["filter"]["audit"], rejected_examples=card["facts"]["filter"]["examples"],
         **card)
     DatasetCard(body).save(out / "README.md")
     store.write_json({**card, "card_data": card_data.to_dict()}, out / "card.json")
@@ -135,12 +137,20 @@ def render_set(run_dir: Path, facts: dict[str, Any], which: str, *, seed: int) -
 
 def inline_markdown(card_dir: Path) -> str:
     """The card for viewers that cannot open the folder (Prefect's artifact page): no front matter
-    (it renders as one huge heading there), and every plot inlined as a `data:image/png;base64` URI."""
+    (it renders as one huge heading there), and every plot inlined as a `data:image/png;base64` URI.
+
+    Only PNG files inside the card's own `plots/` folder are read: a path that leads out of it
+    (`plots/../../x.png`, or a link to elsewhere) is not read, and the artifact says so.
+    """
     text = (card_dir / "README.md").read_text()
     body = text.split("\n---\n", 1)[1].lstrip("\n") if text.startswith("---\n") else text
+    plots_dir = (card_dir / "plots").resolve()
 
     def inline(match: re.Match) -> str:
-        image = card_dir / match.group(2)
+        image = (card_dir / match.group(2)).resolve()
+        if not image.is_relative_to(plots_dir):
+            logger.warning("%s: not inlining %s, which lies outside the card's plots folder", card_dir, match.group(2))
+            return f"(plot {markdown.code(match.group(2))} not shown: outside the card's plots folder)"
         if not image.is_file():
             return match.group(0)
         return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()})"

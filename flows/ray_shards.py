@@ -77,6 +77,18 @@ def executor(address: str | None) -> Iterator[PrefectRayExecutor]:
     from prefect_ray import RayTaskRunner
 
     # "local", as RayExecutor: never a cluster that happens to run on this machine.
-    runner = RayTaskRunner(address=address or "local", init_kwargs={} if address else {"include_dashboard": False})
-    with runner:
+    if address:
+        with RayTaskRunner(address=address) as runner:
+            yield PrefectRayExecutor(runner)
+        return
+    import ray
+
+    from machinery import execution
+
+    # Our own instance, as RayExecutor's: on 127.0.0.1 only, no dashboard (inside a Ray task: that Ray).
+    starts = not ray.is_initialized()
+    runner = RayTaskRunner(address="local", init_kwargs=execution.local_init_kwargs())
+    with execution.loopback_only(ray), runner:
+        if starts:
+            execution.check_loopback(ray)
         yield PrefectRayExecutor(runner)

@@ -64,12 +64,53 @@ class LocalExecutor:
             yield index, result
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def local_init_kwargs() -> dict[str, Any]:
+    """`ray.init` arguments for a Ray instance of this machine alone: no dashboard, every server on 127.0.0.1."""
+    return {"include_dashboard": False, "_node_ip_address": LOOPBACK}
+
+
+@contextlib.contextmanager
+def loopback_only(ray: Any) -> Iterator[None]:
+    """Around `ray.init` of a local instance: let Ray keep a node IP of 127.0.0.1.
+
+    Ray 2.60 replaces a node IP of 127.0.0.1 with the machine's routable address
+    (`services.resolve_ip_for_localhost`), and its servers then listen on every interface,
+    unless multi-node clusters are off (`ray_constants.ENABLE_RAY_CLUSTER`, what
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets on import). Turned off for the start only: the
+    instance's own processes get the address as an argument, and joining a cluster later is unchanged.
+    """
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        yield  # another Ray: `check_loopback` says whether it stayed local
+        return
+    saved = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
+
+
+def check_loopback(ray: Any) -> None:
+    """ExecutionError (after stopping it) when the Ray instance just started listens beyond this machine."""
+    address = ray.util.get_node_ip_address()
+    if address != LOOPBACK:
+        ray.shutdown()
+        raise ExecutionError(f"the local Ray instance came up on {address}, not {LOOPBACK}, so other machines "
+                             f"could reach it; start Ray yourself (`ray start --head --node-ip-address "
+                             f"{LOOPBACK}`) and set execution.address=auto")
+
+
 class RayExecutor:
     """Every item as a Ray task; connects to (or starts) Ray on first use.
 
     `address`: None starts a Ray instance on this machine (`ray.init(address="local")`: never
-    a cluster that happens to run here); "auto", "host:port" or "ray://host:port" joins that
-    cluster. Inside a Ray task (a flow run by prefect-ray), the running Ray is used as it is.
+    a cluster that happens to run here), listening on 127.0.0.1 only (`local_init_kwargs`);
+    "auto", "host:port" or "ray://host:port" joins that cluster. Inside a Ray task (a flow run
+    by prefect-ray), the running Ray is used as it is.
     """
 
     name = "ray"
@@ -90,9 +131,12 @@ class RayExecutor:
             address = self.address or "local"
             logger.info("connecting to Ray at %s", address)
             options: dict[str, Any] = {} if address.startswith("ray://") else {"logging_level": logging.WARNING}
-            if address == "local":  # our own instance: no dashboard to start and serve
-                options["include_dashboard"] = False
-            ray.init(address=address, **options)
+            if address != "local":
+                ray.init(address=address, **options)
+                return ray
+            with loopback_only(ray):  # our own instance: no dashboard, nothing reachable from other machines
+                ray.init(address=address, **options, **local_init_kwargs())
+            check_loopback(ray)
         return ray
 
     def cpus(self) -> int:

@@ -11,7 +11,11 @@ again. A flow that hands a stage to another process (a TPU work pool) names itse
 holder the child may inherit from.
 
 Whoever takes the lock afresh is the folder's only writer, so it first removes the temp files
-and staging folders that killed writers left (`store.remove_leftovers`).
+and staging folders that killed writers left in the run folder it writes (`store.sweep`).
+
+Every path opens the lock file read-write: NFS carries a `flock` as a byte-range lock, and
+refuses an exclusive one on a file opened read-only (EBADF). A lock file this user cannot
+open read-write is refused, naming it (`LockFileError`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ _registry = threading.Lock()
 
 class RunLockedError(Exception):
     """Another process is writing the dataset folder; the message names it."""
+
+
+class LockFileError(RunLockedError):
+    """The lock file cannot be opened read-write, so no hold can be taken or tested; the message names it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,19 +92,60 @@ def _alive(record: Holder) -> bool:
     return True
 
 
-def busy(run_dir: Path) -> bool:
-    """Whether a live process holds the dataset folder's lock right now (no waiting, nothing taken)."""
-    path = lock_path(run_dir)
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
+def _filesystem(path: Path) -> str:
+    """The type of the file system holding `path` ("nfs4", "ext4", ...), from /proc/self/mounts; "" if unknown."""
+    try:
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return ""
+    target, found = str(path.resolve()), ("", "")
+    for fields in mounts:
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(found[0]):
+            found = (point, fields[2])
+    return found[1]
+
+
+def _refused(path: Path, doing: str, error: OSError) -> LockFileError:
+    """The error for a lock file this user or its file system cannot lock, naming both."""
+    kind = _filesystem(path.parent) or "unknown"
+    return LockFileError(f"cannot {doing} the run lock {path} ({error.strerror or error}; file system {kind}): "
+                         f"the lock needs a lock file this user may write, on a file system with flock "
+                         f"(on NFS: v4, or v3 with a lock daemon)")
+
+
+def _open(path: Path, *, create: bool) -> int:
+    """The lock file opened read-write, as NFS needs for an exclusive lock; LockFileError naming it."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o666)
+    except FileNotFoundError:
+        raise  # busy(): no lock file, no holder
+    except OSError as error:
+        raise _refused(path, "open read-write", error) from error
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    """Take the exclusive lock without waiting: False when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        return False
+    except OSError as error:  # EBADF, ENOLCK, EOPNOTSUPP: a file system that cannot lock
+        raise _refused(path, "lock", error) from error
+    return True
+
+
+def busy(run_dir: Path) -> bool:
+    """Whether a live process holds the dataset folder's lock right now (no waiting, nothing taken)."""
+    path = lock_path(run_dir)
+    try:
+        fd = _open(path, create=False)
+    except FileNotFoundError:
+        return False
+    try:
+        return not _try_lock(fd, path)
     finally:
         os.close(fd)  # closing drops a lock taken just now
-    return False
 
 
 @contextlib.contextmanager
@@ -128,7 +177,7 @@ def hold(run_dir: Path, what: str, *, flow_run_id: str | None = None, wait: bool
     with _registry:
         _held[path] = (fd, 1)
     try:
-        if removed := store.remove_leftovers(path.parent):
+        if removed := store.sweep(run_dir):
             logger.warning("%s: removed %d temp file(s) and staging folder(s) that killed writers left: %s",
                            path.parent, len(removed), ", ".join(str(p.relative_to(path.parent)) for p in removed[:5]))
         yield holder(path)
@@ -140,27 +189,30 @@ def _acquire(path: Path, what: str, *, flow_run_id: str | None, wait: bool, poll
              inherit_from: str | None) -> int | None:
     """Take the flock and record ourselves; None when the lock is inherited from `inherit_from`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open(path, create=True)
     waited = False
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = _try_lock(fd, path)
+        except LockFileError:
+            os.close(fd)
+            raise
+        if locked:
             break
-        except BlockingIOError:
-            current = holder(path)
-            if inherit_from and current is not None and current.flow_run_id == inherit_from:
-                os.close(fd)
-                logger.info("%s: running under the lock of flow run %s", path.parent, inherit_from)
-                return None
-            shown = current.describe() if current else "another process"
-            if not wait:
-                os.close(fd)
-                raise RunLockedError(f"{path.parent} is being written by {shown}; wait for it to finish "
-                                     f"(or pass --wait), or stop it") from None
-            if not waited:
-                logger.info("%s is being written by %s; waiting for it to finish", path.parent, shown)
-                waited = True
-            time.sleep(poll_s)
+        current = holder(path)
+        if inherit_from and current is not None and current.flow_run_id == inherit_from:
+            os.close(fd)
+            logger.info("%s: running under the lock of flow run %s", path.parent, inherit_from)
+            return None
+        shown = current.describe() if current else "another process"
+        if not wait:
+            os.close(fd)
+            raise RunLockedError(f"{path.parent} is being written by {shown}; wait for it to finish "
+                                 f"(or pass --wait), or stop it") from None
+        if not waited:
+            logger.info("%s is being written by %s; waiting for it to finish", path.parent, shown)
+            waited = True
+        time.sleep(poll_s)
     previous = holder(path)
     if previous is not None:  # a clean release empties the file: what is left was a dead process's
         state = "its process is gone" if not _alive(previous) else "it no longer holds it"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import io
@@ -16,9 +17,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from machinery import redact
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +42,35 @@ class WriteError(OSError):
     """A stage output could not be written (disk full, file too large); the message names the file."""
 
 
+# Temp files and staging folders are ".<name>." + 8 random characters (+ ".tmp" for a file):
+# what the sweep below recognises, and `models.files.staged_folder` names its folders the same way.
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _hidden_name(name: str, suffix: str = "") -> str:
+    """A fresh hidden sibling name for `name`: ".<name>.XXXXXXXX<suffix>"."""
+    return f".{name}.{''.join(secrets.choice(_NAME_CHARS) for _ in range(8))}{suffix}"
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create a new hidden temp file beside `path`, with the mode a file the user creates gets.
+
+    Not `mkstemp`: it makes every file 0600, and a stage output must be readable by whoever
+    the user's umask lets read it (a shared run folder).
+    """
+    for _ in range(100):
+        tmp = path.with_name(_hidden_name(path.name, ".tmp"))
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temp name beside {path}", str(path))
+
+
 def _write_temp(path: Path, payload: bytes) -> Path:
     """Write payload to a hidden temp file beside `path`, flushed to disk; WriteError naming `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -56,32 +84,67 @@ def _write_temp(path: Path, payload: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return Path(tmp)
+    return tmp
 
 
-# What `_write_temp` and `models.files.staged_folder` name their temp files and staging folders:
-# ".<name>." + mkstemp/mkdtemp's 8 random characters (+ ".tmp" for a file).
-_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}(?P<tmp>\.tmp)?")
+# A leftover: a temp file (".tmp"), a staging folder (no suffix), or a folder that a swap without
+# RENAME_EXCHANGE moved aside (".old") before renaming the new one in.
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<kind>\.tmp|\.old)?")
+
+# The run folder's own stage folders and files, and the dataset folder's own: all that a sweep
+# looks into. They are `flows.stages.STAGES`, the run's config file, `curation.dedup_index.INDEX_DIR`
+# and the refresh flow's attempts file (tests/machinery/test_store.py holds them equal).
+STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
+RUN_FILES = ("config.yaml",)
+DATASET_INDEX = "dedup-index"
+DATASET_FILES = ("refresh.json",)
 
 
-def remove_leftovers(folder: Path) -> list[Path]:
-    """Remove the temp files and staging folders that killed writers left under `folder`; what was removed.
+def remove_leftovers(folder: Path, *, recursive: bool = True, names: tuple[str, ...] | None = None) -> list[Path]:
+    """Remove the temp files and staging folders that killed writers left in `folder`; what was removed.
 
-    Only for a caller that is the folder's sole writer (the run lock's holder): a live
-    writer's temp file looks the same.
+    `recursive`: also in its subfolders (never through a symlink); `names`: only the leftovers
+    of these file names. A folder moved aside by an interrupted swap comes back when nothing
+    took its place. Only for a caller that is the folder's sole writer (the run lock's holder):
+    a live writer's temp file looks the same.
     """
+    if not folder.is_dir() or (recursive and folder.is_symlink()):  # never walk into another tree
+        return []
+    found = folder.rglob(".*") if recursive else folder.glob(".*")
     removed = []
-    for path in sorted(folder.rglob(".*")) if folder.is_dir() else []:
+    for path in sorted(found):
         match = _LEFTOVER.fullmatch(path.name)
-        if match is None or not path.exists():  # gone with a staging folder removed before it
+        if match is None or (names is not None and match["name"] not in names) or path.is_symlink():
             continue
-        if match["tmp"] and path.is_file():
+        if not path.exists():  # gone with a staging folder removed before it
+            continue
+        if match["kind"] == ".tmp" and path.is_file():
             path.unlink(missing_ok=True)
-        elif not match["tmp"] and path.is_dir() and not path.is_symlink():
+        elif match["kind"] == ".old" and path.is_dir() and not (original := path.with_name(match["name"])).exists():
+            os.rename(path, original)  # the swap was killed between its two renames: the old output returns
+            logger.warning("%s: restored from %s, which an interrupted swap had moved aside", original, path.name)
+            continue
+        elif match["kind"] != ".tmp" and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             continue
         removed.append(path)
+    return removed
+
+
+def sweep(run_dir: Path) -> list[Path]:
+    """Remove what killed writers left in a run folder (for the holder of its dataset's lock); what was removed.
+
+    Only the leftovers of the run folder's own files and stage folders (`RUN_FILES`, `STAGES`),
+    what lies in its stage folders, and its dataset folder's own index folder and files: never
+    anything else of the parent folders (`--run ~/v1` makes the home folder the dataset folder).
+    """
+    run_dir = run_dir.resolve()
+    removed = remove_leftovers(run_dir, recursive=False, names=(*RUN_FILES, *STAGES))
+    for stage in STAGES:
+        removed += remove_leftovers(run_dir / stage)
+    removed += remove_leftovers(run_dir.parent / DATASET_INDEX)
+    removed += remove_leftovers(run_dir.parent, recursive=False, names=DATASET_FILES)
     return removed
 
 
@@ -355,7 +418,7 @@ def finish_stage(stage_dir: Path, *, stage: str, key: str, config: Any, inputs: 
     manifest = Manifest(
         stage=stage,
         key=key,
-        config=config,
+        config=redact.value(config),  # a URL's credentials never reach a manifest (machinery.redact)
         inputs=inputs,
         outputs={name: file_hash(stage_dir / name) for name in outputs},
         counts=counts,

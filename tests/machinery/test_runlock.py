@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +136,61 @@ def test_two_cli_generates_on_one_run_folder(tmp_path):
         third = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0, third.stderr
     assert f"taking over the lock left by pid {first.pid}" in third.stderr
+
+
+def test_a_run_in_the_home_folder_sweeps_only_its_own_leftovers(tmp_path, caplog):
+    """`--run ~/v1`: the home folder is the dataset folder; other tools' hidden temp names there are not ours."""
+    home = tmp_path / "home"
+    run_dir = home / "v1"
+    others = [home / ".bashrc.a1b2c3d4.tmp", home / ".cache" / "pip" / ".wheel.x9y8z7w6.tmp",
+              home / "code" / ".notes.md.abcdefgh.tmp", home / "v0" / "pull" / ".data.parquet.abcdefgh.tmp",
+              run_dir / "notes" / ".draft.abcdefgh.tmp", run_dir / ".other.yaml.abcdefgh.tmp"]
+    other_folders = [home / ".mozilla.abcdefgh", home / "code" / ".venv.abcd1234", home / ".v1.abcdefgh"]
+    ours = [run_dir / "pull" / ".data.parquet.abcdefgh.tmp", run_dir / ".config.yaml.abcdefgh.tmp",
+            home / "dedup-index" / ".v1.parquet.abcdefgh.tmp", home / ".refresh.json.abcdefgh.tmp",
+            run_dir / "sft" / "checkpoints" / ".state.abcdefgh.tmp"]
+    our_folders = [run_dir / "sft" / ".model.abcdefgh", run_dir / ".cards.abcdefgh"]
+    for path in [*others, *ours]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    for folder in [*other_folders, *our_folders]:
+        (folder / "inside").mkdir(parents=True)
+    with caplog.at_level("WARNING"), runlock.hold(run_dir, "stage pull"):
+        pass
+    assert all(path.is_file() for path in others) and all(folder.is_dir() for folder in other_folders)
+    assert not [path for path in [*ours, *our_folders] if path.exists()]
+    assert f"removed {len(ours) + len(our_folders)} temp file(s) and staging folder(s)" in caplog.text
+
+
+# Imports first, then (as root) becomes nobody: a user who may read the lock file but not write it.
+READ_ONLY_LOCK = (
+    "import os, sys; from pathlib import Path; from machinery import runlock\n"
+    "if os.geteuid() == 0:\n"
+    "    os.setuid(65534)\n"
+    "for call in (runlock.busy, lambda run: runlock.hold(run, 'stage pull').__enter__()):\n"
+    "    try:\n"
+    "        print('answered', call(Path(sys.argv[1])))\n"
+    "    except runlock.LockFileError as error:\n"
+    "        print('refused', error)\n")
+
+
+def test_a_lock_file_that_cannot_be_opened_read_write_is_refused_naming_it():
+    """NFS refuses an exclusive lock on a file opened read-only (EBADF): busy() and hold() open it read-write or say why."""
+    shared = Path(tempfile.mkdtemp(prefix="runlock-", dir="/tmp"))  # pytest's own folders are private to this user
+    try:
+        shared.chmod(0o755)
+        run_dir = shared / "ds" / "v1"
+        with runlock.hold(run_dir, "stage pull"):
+            pass
+        path = runlock.lock_path(run_dir)
+        path.parent.chmod(0o755)
+        path.chmod(0o444)
+        done = subprocess.run([sys.executable, "-c", READ_ONLY_LOCK, str(run_dir)], capture_output=True, text=True,
+                              timeout=120, check=False)
+    finally:
+        shutil.rmtree(shared)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert all(line.startswith(f"refused cannot open read-write the run lock {path} (") for line in lines), lines
+    assert "file system " in lines[0]

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from machinery import store
+from machinery import runlock, store
+from models import files
+from tests.support.kill import kill_at_line
 
 
 def _result(n_kept: int = 3, n_rejected: int = 1) -> store.StageResult:
@@ -147,3 +153,84 @@ def test_a_full_disk_fails_the_stage_naming_the_file_and_keeps_the_previous_outp
     assert "File too large" in line
     assert {p.name: p.read_bytes() for p in (run / "pull").iterdir()} == files  # untouched, no temp left
     assert store.finished(run, "pull").manifest == before.manifest
+
+
+def test_outputs_get_the_mode_the_umask_gives_as_files_the_user_makes_do(tmp_path):
+    """Not 0600/0700: in a shared run folder, whoever the umask lets read a run can read its outputs."""
+    saved = os.umask(0o002)
+    try:
+        store.run_stage(tmp_path, "pull", config={}, inputs={}, compute=_result)
+        with files.staged_folder(tmp_path / "sft" / "model") as staging:
+            (staging / "config.json").write_text("{}")
+        with files.staged_folder(tmp_path / "sft" / "model") as staging:  # a swap over an existing folder
+            (staging / "config.json").write_text("{}")
+        (tmp_path / "by-hand").write_text("a file the user makes")
+    finally:
+        os.umask(saved)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [*(tmp_path / "pull").iterdir(), tmp_path / "by-hand"]}
+    assert modes == {"data.parquet": 0o664, "rejected.parquet": 0o664, "stats.json": 0o664, "manifest.json": 0o664,
+                     "by-hand": 0o664}
+    assert stat.S_IMODE((tmp_path / "sft" / "model").stat().st_mode) == 0o775
+
+
+def test_the_sweep_knows_every_stage_folder_and_the_dataset_folders_own_files():
+    """The names the sweep may look into are the ones the stages, the dedup index and refresh write."""
+    from curation.dedup_index import INDEX_DIR
+    from flows import pipeline, stages
+
+    assert store.STAGES == stages.STAGES and store.RUN_FILES == (stages.CONFIG_FILE,)
+    assert store.DATASET_INDEX == INDEX_DIR
+    assert all(f'dataset / "{name}"' in Path(pipeline.__file__).read_text() for name in store.DATASET_FILES)
+
+
+# A writer swapping a model folder: `_calls` (tests/support/kill.py) kills it at one line of models/files.py.
+SWAP = (
+    "import sys; from pathlib import Path; from models import files\n"
+    "target = Path(sys.argv[1])\n"
+    "swap = files.exchange if sys.argv[2] == 'exchange' else (lambda a, b: False)\n"
+    "_sys.settrace(_calls)\n"
+    "with files.staged_folder(target, swap=swap) as staging:\n"
+    "    (staging / 'model.safetensors').write_bytes(b'new weights')\n"
+    "    (staging / 'config.json').write_bytes(b'new')\n")
+OLD = {"model.safetensors": b"old weights", "config.json": b"old", "tokenizer.json": b"old"}
+NEW = {"model.safetensors": b"new weights", "config.json": b"new"}
+
+
+def _contents(folder: Path) -> dict[str, bytes] | None:
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else None
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_a_folder_swap_killed_at_any_step_leaves_the_old_or_the_new_folder(tmp_path, swap):
+    """SIGKILL between every two lines of the swap; the next lock holder finds one complete folder and no leftover.
+
+    With RENAME_EXCHANGE the folder is whole at every instant; with two renames (file systems
+    without it) a kill between them leaves it aside, and the next holder renames it back.
+    """
+    probe = [tmp_path / "a", tmp_path / "b"]
+    for folder in probe:
+        folder.mkdir()
+    if swap == "exchange" and not files.exchange(*probe):
+        pytest.skip(f"{tmp_path} has no renameat2(RENAME_EXCHANGE)")
+    run_dir = tmp_path / "runs" / "ds" / "v1"
+    target = run_dir / "sft" / "model"
+    outcomes = []
+    for line in itertools.count(1):
+        shutil.rmtree(run_dir / "sft", ignore_errors=True)
+        target.mkdir(parents=True)
+        for name, payload in OLD.items():
+            (target / name).write_bytes(payload)
+        killed = kill_at_line(SWAP, [str(target), swap], Path(files.__file__), line)
+        before = _contents(target)
+        if swap == "exchange" or before is not None:
+            assert before in (OLD, NEW), f"killed at line {line}: {before}"
+        else:  # between the two renames: the old folder is aside, whole
+            assert [_contents(p) for p in target.parent.glob(".model.*.old")] == [OLD], f"killed at line {line}"
+        with runlock.hold(run_dir, "stage sft"):
+            assert [p.name for p in target.parent.iterdir()] == ["model"], f"killed at line {line}: not cleaned up"
+            assert _contents(target) in (OLD, NEW) and (before is None or _contents(target) == before)
+        outcomes.append("new" if _contents(target) == NEW else "old")
+        if not killed:
+            break
+    assert line > 10 and outcomes[0] == "old" and outcomes[-1] == "new"  # the kills spanned the whole swap
+    assert outcomes == sorted(outcomes, key=["old", "new"].index)  # once new, never old again
