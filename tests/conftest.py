@@ -13,7 +13,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.fixture
 def shared_data() -> Path:
-    """../shared/data (real GSM8K and MATH-500 files); skip, saying why, where it is absent."""
+    """The shared data folder beside the repo (real GSM8K and MATH-500 files); skip, saying why, where it is absent."""
     if not (SHARED_DATA / "gsm8k" / "test.jsonl").is_file():
         pytest.skip(f"real Hub-format data not found at {SHARED_DATA} (the workplace's shared/data)")
     return SHARED_DATA

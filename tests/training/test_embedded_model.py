@@ -1,7 +1,7 @@
 """The embedded Gemma 3 270M against llama.cpp on the same GGUF: perplexity, top-1, tokenizer.
 
 Slow: converts (once per machine) and loads the real model. Needs llama-cpp-python (the
-`llama` extra, installed by `make test-slow`) and ../shared/data's GSM8K test file.
+`llama` extra, installed by `make test-slow`) and the GSM8K test file in the shared data folder beside the repo.
 """
 
 from __future__ import annotations
