@@ -9,9 +9,10 @@ verdict counts as a rejection: the judge did not vouch for the trace.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
-from curation.teacher import Prompt, SamplingParams
+from curation.teacher import Prompt, SamplingParams, Usage, cost
 from curation.teacher.cache import RequestCache
 from machinery.config import JudgeConfig
 
@@ -61,9 +62,26 @@ class Judge:
                                     retry=RetryPolicy(max_attempts=config.max_attempts), cache=cache,
                                     progress=progress)
         self.params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=config.max_new_tokens, stop=())
+        self.price = config.price.pair() if config.price is not None else None
+        self.seconds = 0.0  # wall time spent asking
 
     def judge(self, problems: list[str], traces: list[str], golds: list[str]) -> list[Verdict]:
         """One verdict per trace, in order; a request that failed every retry gives `sound=None`."""
         prompts = [prompt(p, t, g) for p, t, g in zip(problems, traces, golds, strict=True)]
+        started = time.perf_counter()
+        completions = self.client.generate(prompts, self.params)
+        self.seconds += time.perf_counter() - started
         return [Verdict(sound=None, reason=c.error) if c.error is not None else parse(c.text or "")
-                for c in self.client.generate(prompts, self.params)]
+                for c in completions]
+
+    def figures(self) -> dict[str, float]:
+        """What the judge cost this run (FilterStats.judge): requests, billed tokens, cache hits, seconds, dollars.
+
+        `cost_usd` is there only with `filter.judge.price`.
+        """
+        total = Usage()
+        for usage in self.client.usage.values():
+            total.add(usage)
+        dollars = cost(total.prompt_tokens, total.completion_tokens, self.price)
+        return {**total.figures(), "from_cache": self.client.cache_hits, "seconds": round(self.seconds, 3),
+                **({"cost_usd": dollars} if dollars is not None else {})}

@@ -1,7 +1,7 @@
-"""`distillery`: one command per pipeline stage, plus run/serve/up/deployments/card/model.
+"""`distillery`: one command per pipeline stage, plus run/serve/up/deployments/card/push/estimate/model.
 
 Every stage command takes `--run DIR` (the run folder `runs/<dataset>/<version>`), a
-profile, a YAML config file and `--set key=value` overrides (DESIGN.md "Interfaces").
+profile, a YAML config file and `--set key=value` overrides (docs/architecture.md "Interfaces").
 """
 
 from __future__ import annotations
@@ -27,6 +27,24 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML overrides of the profile")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set teacher.n=4 (repeatable)")
+
+
+def _push_args(sub: argparse._SubParsersAction) -> None:
+    """The `push` subcommand's options."""
+    help_ = "push a run's data cards (dataset repos) and GRPO model (model repo) to the Hugging Face Hub"
+    push = sub.add_parser("push", help=help_, description=help_ + "; the token comes from $HF_TOKEN or --token-block")
+    push.add_argument("--run", required=True, type=Path, metavar="DIR", help="run folder, runs/<dataset>/<version>")
+    push.add_argument("--repo", required=True, metavar="ORG/NAME",
+                      help="the model repo; the data cards go to ORG/NAME-sft and ORG/NAME-grpo")
+    push.add_argument("--sft-repo", default=None, metavar="ORG/NAME", help="the SFT card's dataset repo instead")
+    push.add_argument("--grpo-repo", default=None, metavar="ORG/NAME", help="the GRPO card's dataset repo instead")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=True,
+                            help="new repos are private (the default)")
+    visibility.add_argument("--public", dest="private", action="store_false", help="new repos are public")
+    push.add_argument("--token-block", default=None, metavar="NAME",
+                      help="a Prefect Secret block holding the Hub token (default: $HF_TOKEN)")
+    push.add_argument("--dry-run", action="store_true", help="print what would go where, with sizes; needs no token")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--name", default="tpu", help="deployment name (default tpu): <stage>/<name>")
     deploy.add_argument("--source", type=Path, default=None,
                         help="this repository's path as the workers see it (default: this checkout)")
+    _push_args(sub)
+    help_ = "ask the teacher about a few problems and print the generate stage's expected tokens, time and cost"
+    estimate = sub.add_parser("estimate", help=help_, description=help_ + " (its requests are real and billed)")
+    estimate.add_argument("--run", required=True, type=Path, metavar="DIR", help="run folder, runs/<dataset>/<version>")
+    _config_args(estimate)
+    estimate.add_argument("--sample", type=int, default=8, metavar="N", help="problems to ask about (default 8)")
     card = sub.add_parser("card", help="print a run's card paths and a one-screen summary",
                           description="print a run's card paths and a one-screen summary")
     card.add_argument("dir", type=Path, metavar="DIR", help="run folder, runs/<dataset>/<version>")
@@ -161,6 +185,29 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    """`distillery push --run DIR --repo ORG/NAME`: the cards and model to the Hub (or, with --dry-run, the plan)."""
+    from flows import push
+
+    print(push.push(args.run, args.repo, private=args.private, token_block=args.token_block, dry_run=args.dry_run,
+                    sft_repo=args.sft_repo, grpo_repo=args.grpo_repo))
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    """`distillery estimate --run DIR`: the generate stage's bill, measured on a few problems (written nowhere)."""
+    from curation.estimate import estimate
+    from flows.secrets import teacher_api_key
+
+    config = _config(args)
+    if args.sample < 1:
+        raise CliError(f"--sample must be at least 1, got {args.sample}")
+    found = estimate(args.run, config.teacher, api_key=teacher_api_key(config.teacher), seed=config.seed,
+                     sample=args.sample)
+    print("\n".join(found.lines()))
+    return 0
+
+
 def _model(args: argparse.Namespace) -> int:
     """`distillery model check NAME`."""
     from training import model_check
@@ -174,7 +221,7 @@ def _model(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **{stage: _stage for stage in STAGES}, "run": _run, "deployments": _deployments,
     "deploy-training": _deploy_training, "serve": _serve, "up": _up,
-    "card": _card, "model": _model}
+    "card": _card, "push": _push, "estimate": _estimate, "model": _model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

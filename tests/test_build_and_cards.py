@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import re
+import shutil
 
 import datasets
 import polars as pl
@@ -14,7 +15,7 @@ import yaml
 
 from curation import answers, build, dedup, filters, generate, pull, verifier
 from data_cards import cards
-from machinery import store
+from machinery import stats, store
 from machinery.config import (
     BuildConfig,
     DedupConfig,
@@ -158,11 +159,11 @@ def test_card_has_examples_hashes_teacher_and_reproduce_command(built_run):
     text = (built_run / "cards" / "sft" / "README.md").read_text()
     assert "not** decontaminated" in text  # no eval sets configured: the card must say so
     # the one endpoint's record, from the generate stats: 40 problems x 2 samples, one request each (no native n)
-    endpoints = json.loads((built_run / "generate" / "stats.json").read_text())["endpoints"]
+    endpoints = stats.read(built_run, "generate", generate.GenerateStats).endpoints
     (url, counts), = endpoints.items()
     assert counts == {"requests": 80, "successes": 80, "failures": 0, "benched": 0}
     assert card["facts"]["teacher"]["endpoints"].endswith(": 80 requests, 80 answered, 0 failed")
-    assert "| endpoints | http://127.0.0.1:" in text and ": 80 requests, 80 answered, 0 failed |" in text
+    assert "| endpoints | `http://127.0.0.1:" in text and ": 80 requests, 80 answered, 0 failed |" in text
 
 
 @pytest.mark.parametrize("which", ["sft", "grpo"])
@@ -190,13 +191,34 @@ def test_rerun_of_cards_is_skipped(built_run):
 
 def test_sft_card_shows_the_verifier_audit_and_rejected_examples(built_run):
     text = (built_run / "cards" / "sft" / "README.md").read_text()
-    stats = json.loads((built_run / "filter" / "stats.json").read_text())
-    audit = stats["audit"]
+    filtered = stats.read(built_run, "filter", filters.FilterStats)
+    audit = filtered.audit
     assert audit["checked"] > 0 and audit["step_claims_checked"] > 0
     assert f"| answers checked (math-verify) | {audit['checked']} |" in text
     assert f"| arithmetic claims in traces checked exactly | {audit['step_claims_checked']} |" in text
-    wrong = stats["examples"]["wrong_answer"]
+    wrong = filtered.examples["wrong_answer"]
     assert len(wrong) == 2 and f"`{wrong[0]['detail']}`" in text
+
+
+def test_a_renamed_stats_field_fails_the_cards_at_load_naming_file_and_field(built_run, tmp_path):
+    from flows import report
+
+    run = tmp_path / "runs" / "arith" / "v1"
+    shutil.copytree(built_run, run)
+    path = run / "dedup" / store.STATS
+    payload = json.loads(path.read_text())
+    payload["lsh_rows"] = payload.pop("rows_per_band")  # as a stage from other code would have written it
+    store.write_json(payload, path)
+    manifest = json.loads((run / "dedup" / store.MANIFEST).read_text())
+    manifest["outputs"][store.STATS] = store.file_hash(path)  # a complete stage, only its record differs
+    store.write_json(manifest, run / "dedup" / store.MANIFEST)
+    card_before = (run / "cards" / "sft" / "README.md").read_text()
+    expected = rf"^{re.escape(str(path))}: unknown field 'lsh_rows'; missing field 'rows_per_band'"
+    with pytest.raises(stats.StatsError, match=expected):
+        cards.run(run, seed=4, force=True)
+    assert (run / "cards" / "sft" / "README.md").read_text() == card_before  # nothing rendered from it
+    with pytest.raises(stats.StatsError, match=expected):
+        report.stage_line("dedup", run)
 
 
 def test_card_shows_contamination_evidence_side_by_side(tmp_path):

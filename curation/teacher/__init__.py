@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 
@@ -40,6 +40,42 @@ class Completion:
     attempts: int
     cached: bool
     error: str | None = None
+
+
+@dataclass(kw_only=True)
+class Usage:
+    """What a teacher (or one of its endpoints) was billed for in one run; cache hits are never billed.
+
+    A request the server answered with a `usage` is billed, a retried one too (a malformed body
+    that still carried a usage); an attempt that failed without one is a failure, billed nothing.
+    """
+
+    requests: int = 0  # attempts sent, retries included
+    billed: int = 0  # attempts answered with a usage
+    retries: int = 0  # attempts after a request's first
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        """Add another record's figures to this one."""
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def figures(self) -> dict[str, int]:
+        """The record as a plain dict, as stats.json holds it."""
+        return asdict(self)
+
+
+def cost(prompt_tokens: int, completion_tokens: int, price: tuple[float, float] | None) -> float | None:
+    """Dollars for these tokens at `price` (dollars per million prompt and completion tokens); None without one."""
+    if price is None:
+        return None
+    return round((prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6, 10)
+
+
+def dollars(amount: float) -> str:
+    """A dollar figure with at least 2 decimals (4 below $10, so a small bill does not read as $0.00)."""
+    return f"${amount:,.2f}" if amount >= 10 else f"${amount:.4f}"
 
 
 class Teacher(Protocol):

@@ -106,12 +106,14 @@ class Ledger:
         self.results: dict[tuple[int, int], Completion] = {}
         self.keys: dict[tuple[int, int], str] = {}
         self.missing: list[tuple[int, int]] = []  # (prompt, sample) the cache did not have, in order
+        self.hits = 0  # samples the cache had: nobody asks (or bills) for them again
         for p, prompt in enumerate(prompts):
             for s in range(n):
                 key = self.keys[p, s] = request_key(model, prompt, params, s)
                 hit = cache.get(key) if cache is not None else None
                 if hit is not None:
                     self.results[p, s] = from_entry(p, s, hit)
+                    self.hits += 1
                 else:
                     self.missing.append((p, s))
         self._bar = tqdm(total=len(prompts) * n, initial=len(self.results), desc=f"teacher {model}", unit="sample",

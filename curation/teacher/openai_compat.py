@@ -5,7 +5,10 @@ visible and counted. It retries 429, 5xx, timeouts, connection errors and malfor
 responses with exponential backoff and full jitter, waiting at least what `Retry-After`
 asks. Every finished sample goes to the request cache at once, so a killed run resumes
 without asking again, and an identical re-run asks nothing. With several endpoints, each
-attempt goes to the one with the fewest requests in flight (`endpoints.Endpoints`).
+attempt goes to the one with the fewest requests in flight (`endpoints.Endpoints`). Each
+attempt is counted per endpoint (`Usage`): billed when the server sent a `usage` (a malformed
+answer too), a failure otherwise; a request the client gave up on (timeout) may still have been
+billed by the server, which no client can see.
 """
 
 from __future__ import annotations
@@ -20,18 +23,26 @@ from typing import Any, Literal
 
 import openai
 
-from curation.teacher import Completion, Prompt, SamplingParams, close_answer
+from curation.teacher import Completion, Prompt, SamplingParams, Usage, close_answer
 from curation.teacher.cache import Ledger, RequestCache
 from curation.teacher.endpoints import Endpoints
 from curation.teacher.prompts import COMPLETION_STOPS
+from machinery import redact
 
 logger = logging.getLogger(__name__)
 
 Style = Literal["chat", "completion"]
 
 
+Tokens = tuple[int | None, int | None]  # (prompt_tokens, completion_tokens) of a response's usage, None if absent
+
+
 class MalformedResponse(Exception):
-    """The server answered 200 with something that is not a usable completion."""
+    """The server answered 200 with something that is not a usable completion (it may still have billed it)."""
+
+    def __init__(self, message: str, usage: Tokens = (None, None)):
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,14 +99,30 @@ class OpenAITeacher:
         self.progress = progress
         self._rng = random.Random(seed)
         self.requests_sent = 0  # HTTP requests, retries included: what a resumed run must not repeat
+        self.usage = {e.label: Usage() for e in self.endpoints.all}  # billed per endpoint, since made
+        self.cache_hits = 0  # samples the request cache had: asked of no endpoint, billed nothing
 
     def endpoint_counts(self) -> dict[str, dict[str, int]]:
         """Requests, successes, failures and benchings per endpoint URL, since this teacher was made."""
         return self.endpoints.counts()
 
+    def endpoint_usage(self) -> dict[str, dict[str, int]]:
+        """Requests, billed requests, retries and billed tokens per endpoint URL, since this teacher was made."""
+        return {label: usage.figures() for label, usage in self.usage.items()}
+
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """n completions per prompt; failures become Completion rows with `error` set."""
         return asyncio.run(self._generate(prompts, params))
+
+    def _bill(self, label: str, attempt: int, usage: Tokens) -> None:
+        """Count one attempt on an endpoint: billed if the server sent a usage, whatever else it sent."""
+        record = self.usage[label]
+        record.requests += 1
+        record.retries += attempt > 0
+        if usage[0] is not None or usage[1] is not None:
+            record.billed += 1
+            record.prompt_tokens += usage[0] or 0
+            record.completion_tokens += usage[1] or 0
 
     def _prompt_payload(self, prompt: Prompt) -> Any:
         return list(prompt.messages) if self.style == "chat" else prompt.text
@@ -113,6 +140,7 @@ class OpenAITeacher:
         semaphore = asyncio.Semaphore(self.concurrency)
         ledger = Ledger(self.cache, self.name, [self._prompt_payload(p) for p in prompts], self._params_payload(params),
                         params.n, progress=self.progress)
+        self.cache_hits += ledger.hits
         by_prompt: dict[int, list[int]] = {}
         for p, s in ledger.missing:
             by_prompt.setdefault(p, []).append(s)
@@ -147,6 +175,8 @@ class OpenAITeacher:
             try:
                 choices, usage = await self._request(clients[endpoint.url], prompt, len(samples), params)
             except Exception as error:  # noqa: BLE001 - classified below; nothing escapes as a crash
+                self._bill(endpoint.label, attempt,
+                           error.usage if isinstance(error, MalformedResponse) else (None, None))
                 self.endpoints.done(endpoint, ok=False, endpoint_fault=_retryable(error))
                 last_error = f"{type(error).__name__}: {_describe(error)}"
                 if not _retryable(error) or attempt == self.retry.max_attempts - 1:
@@ -155,6 +185,7 @@ class OpenAITeacher:
                 logger.debug("retrying in %.2f s after %s", wait, last_error)
                 await asyncio.sleep(wait)
                 continue
+            self._bill(endpoint.label, attempt, usage)
             self.endpoints.done(endpoint, ok=True)
             latency = time.perf_counter() - started
             per_choice = usage[1] if len(choices) == 1 else None  # usage is summed over choices
@@ -169,7 +200,7 @@ class OpenAITeacher:
                               error=last_error) for s in samples}
 
     async def _request(self, client: openai.AsyncOpenAI, prompt: Prompt, n: int, params: SamplingParams
-                       ) -> tuple[list[tuple[str, str | None]], tuple[int | None, int | None]]:
+                       ) -> tuple[list[tuple[str, str | None]], Tokens]:
         """Send one request; return [(text, finish_reason)] and (prompt_tokens, completion_tokens)."""
         common = {"model": self.name, "n": n, "temperature": params.temperature, "top_p": params.top_p,
                   "max_tokens": params.max_new_tokens, "stop": list(self._stops(params))}
@@ -177,23 +208,25 @@ class OpenAITeacher:
             response = await client.chat.completions.create(messages=list(prompt.messages), **common)
         else:
             response = await client.completions.create(prompt=prompt.text, **common)
+        # Read before the body is judged: a malformed answer that carries a usage was still billed.
+        usage_of = getattr(response, "usage", None)
+        usage = (getattr(usage_of, "prompt_tokens", None), getattr(usage_of, "completion_tokens", None))
         choices = getattr(response, "choices", None)
         if not choices:
-            raise MalformedResponse(f"response has no choices: {str(response)[:200]!r}")
+            raise MalformedResponse(f"response has no choices: {str(response)[:200]!r}", usage)
         texts = []
         for choice in choices:
             text = choice.message.content if self.style == "chat" else choice.text
             if not isinstance(text, str):
-                raise MalformedResponse(f"choice {choice.index} has no text")
+                raise MalformedResponse(f"choice {choice.index} has no text", usage)
             text = close_answer(prompt.text_prefix + text if self.style == "completion" else text,
                                 choice.finish_reason, params.stop)
             texts.append((text, choice.finish_reason))
-        usage = getattr(response, "usage", None)
-        return texts, (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        return texts, usage
 
 
 def _describe(error: Exception) -> str:
-    """A short message for an error row (status and body excerpt, never headers or keys)."""
+    """A short message for an error row (status and body excerpt, never headers, keys or URL credentials)."""
     if isinstance(error, openai.APIStatusError):
-        return f"HTTP {error.status_code}: {str(error.message)[:200]}"
-    return str(error)[:200]
+        return redact.text(f"HTTP {error.status_code}: {str(error.message)[:200]}")
+    return redact.text(str(error)[:200])

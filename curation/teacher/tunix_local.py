@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from curation.teacher import Completion, Prompt, SamplingParams
+from curation.teacher import Completion, Prompt, SamplingParams, Usage
 from curation.teacher.cache import Ledger, RequestCache
 from curation.teacher.prompts import COMPLETION_STOPS
 
@@ -29,6 +29,10 @@ class TunixTeacher:
         self.seed = seed
         self.progress = progress
         self.requests_sent = 0  # decode calls
+        # What this machine spent: tokens decoded and the process's CPU-seconds (no bill to count)
+        self.usage = Usage()
+        self.cpu_s = 0.0
+        self.cache_hits = 0
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Completion]:
         """n completions per prompt, in (prompt, sample) order."""
@@ -38,22 +42,28 @@ class TunixTeacher:
         ledger = Ledger(self.cache, self.name, [p.text for p in prompts], payload, params.n, progress=self.progress)
         # One few-shot header's prompts together, each prompt's samples next to each other: the decoder
         # computes a header once, a prompt once, and only each sample's first token per sample.
+        self.cache_hits += ledger.hits
         todo = sorted(ledger.missing, key=lambda item: (_header(prompts[item[0]]), prompts[item[0]].text))
         began = time.perf_counter()
 
         def done(i: int, generated) -> None:  # recorded (and cached) as each sample ends: a kill loses no other
             p, s = todo[i]
             text = prompts[p].text_prefix + _strip_stops(generated.text, COMPLETION_STOPS)
+            self.usage.prompt_tokens += generated.prompt_tokens or 0
+            self.usage.completion_tokens += generated.completion_tokens or 0
             ledger.record(Completion(prompt_idx=p, sample_idx=s, text=text, finish_reason=generated.finish_reason,
                                      prompt_tokens=generated.prompt_tokens,
                                      completion_tokens=generated.completion_tokens,
                                      latency_s=time.perf_counter() - began, attempts=1, cached=False))
 
         if todo:
+            cpu_before = time.process_time()
             self.decoder.generate([prompts[p].text for p, _ in todo], max_new_tokens=params.max_new_tokens,
                                   temperature=params.temperature, top_p=params.top_p, stop=stops, seed=self.seed,
                                   slots=self.batch_size, on_done=done)
             self.requests_sent += 1
+            self.usage.requests += 1
+            self.cpu_s += time.process_time() - cpu_before
         return ledger.completions()
 
 

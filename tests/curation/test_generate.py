@@ -17,7 +17,7 @@ from curation.teacher.cache import RequestCache
 from curation.teacher.openai_compat import OpenAITeacher, RetryPolicy
 from machinery import store
 from machinery.config import DedupConfig, ProceduralSource, PullConfig, TeacherConfig
-from tests.support.fake_openai import FakeOpenAI, flaky
+from tests.support.fake_openai import FakeOpenAI, flaky, varying_usage
 from tests.support.kill import kill_after_cached
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_s=0.01, cap_s=2.0)
@@ -150,13 +150,14 @@ def test_cli_generate_against_a_flaky_server_then_resume_after_a_kill(tmp_path):
     run re-run re-asks nothing it already had."""
     run = _prepared_run(tmp_path, n=30)
     delays = lambda prompt: "<reasoning>\nadd\n</reasoning>\n<answer>\n1\n</answer>"  # noqa: E731
-    with FakeOpenAI(faults=flaky, stall_s=6, latency_s=0.05, answer=delays) as server:
+    with FakeOpenAI(faults=flaky, stall_s=6, latency_s=0.05, answer=delays, usage=varying_usage) as server:
         argv = [sys.executable, "-m", "flows.cli", "generate", "--run", str(run), "--set", "teacher.backend=openai",
                 "--set", f"teacher.base_url={server.base_url}", "--set", "teacher.model=fake",
                 "--set", "teacher.n=2", "--set", "teacher.timeout_s=5", "--set", "teacher.concurrency=2"]
         cached_before = kill_after_cached(argv, run / "generate" / "requests.jsonl", 10, timeout=60)
         assert 10 <= len(cached_before) < 60
-        requests_before = server.requests
+        time.sleep(0.5)  # a request the killed run left in flight is answered (and billed) to no one
+        requests_before, usage_before = server.requests, dict(server.usage_sent)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     kept = store.finished(run, "generate").read()
@@ -166,4 +167,9 @@ def test_cli_generate_against_a_flaky_server_then_resume_after_a_kill(tmp_path):
     # the re-run asked only for samples the killed run had not finished
     assert stats["from_cache"] >= len(cached_before)
     assert server.requests - requests_before == stats["requests_sent"]
+    # and was billed for exactly what the server sent it after the kill: no cache hit billed again
+    assert (stats["prompt_tokens"], stats["completion_tokens"]) == (
+        server.usage_sent["prompt_tokens"] - usage_before["prompt_tokens"],
+        server.usage_sent["completion_tokens"] - usage_before["completion_tokens"])
+    assert stats["cost_usd"] is None and f"{stats['completion_tokens']:,} completion tokens (no price set)" in done.stdout
     assert "60 samples of 60" in done.stdout and "0 teacher errors" in done.stdout

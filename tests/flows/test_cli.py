@@ -12,7 +12,7 @@ from flows.stages import STAGES
 
 
 @pytest.mark.parametrize("command", [*cli.STAGES, "run", "serve", "up", "deployments", "deploy-training", "card",
-                                     "model"])
+                                     "push", "estimate", "model"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])

@@ -17,6 +17,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # fault(prompt_key, attempt_number) -> None (answer) or one of "500", "429", "stall", "malformed", "400"
 FaultPlan = Callable[[str, int], str | None]
+# usage(prompt, n, request_number) -> (prompt_tokens, completion_tokens) the server reports for one answer
+UsagePlan = Callable[[str, int, int], tuple[int, int]]
+
+
+def fixed_usage(prompt: str, n: int, request: int) -> tuple[int, int]:
+    """10 prompt tokens and 5 a choice, whatever was asked."""
+    return 10, 5 * n
+
+
+def varying_usage(prompt: str, n: int, request: int) -> tuple[int, int]:
+    """Usage that differs from request to request, as a real server's does: the prompt's length in
+    tokens of ~4 characters plus 0-2, and 40-80 completion tokens a choice, by a hash of prompt,
+    choice and request number (a retry of the same prompt reports other figures)."""
+    def spread(*parts: object) -> int:
+        return int(hashlib.sha256(repr(parts).encode()).hexdigest(), 16)
+
+    return len(prompt) // 4 + spread(prompt, request) % 3, sum(40 + spread(prompt, i, request) % 41 for i in range(n))
 
 
 def no_faults(key: str, attempt: int) -> str | None:
@@ -40,8 +57,12 @@ class FakeOpenAI:
     """The server; use as a context manager. `base_url` is what a client needs."""
 
     def __init__(self, *, faults: FaultPlan = no_faults, latency_s: float = 0.0, supports_n: bool = True,
-                 stall_s: float = 8.0, answer: Callable[[str], str] | None = None, die_after: int | None = None):
+                 stall_s: float = 8.0, answer: Callable[[str], str] | None = None, die_after: int | None = None,
+                 usage: UsagePlan = fixed_usage, bill_malformed: bool = False):
         self.faults = faults
+        self.usage = usage
+        self.bill_malformed = bill_malformed  # a malformed 200 still carries (and bills) a usage
+        self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0}  # summed over every usage sent
         # After this many answers the server "dies": every later request has its connection closed
         # unanswered, as a crashed replica's would be.
         self.die_after = die_after
@@ -74,6 +95,15 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def _bill(self, prompt: str, n: int) -> dict[str, int]:
+        """The usage of one answer (`usage` plan), added to `usage_sent`."""
+        with self._lock:
+            prompt_tokens, completion_tokens = self.usage(prompt, n, self.requests)
+            self.usage_sent["prompt_tokens"] += prompt_tokens
+            self.usage_sent["completion_tokens"] += completion_tokens
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -118,9 +148,12 @@ class FakeOpenAI:
                     return self._send(int(fault), json.dumps({"error": {"message": f"injected {fault}"}}).encode())
                 if fault == "429":
                     return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "1"})
-                if fault == "malformed":
-                    return self._send(200, b'{"id": "x", "object": "chat.completion", "choices": []}')
                 n = int(request.get("n") or 1) if fake.supports_n else 1
+                if fault == "malformed":
+                    body = {"id": "x", "object": "chat.completion", "choices": []}
+                    if fake.bill_malformed:
+                        body["usage"] = fake._bill(prompt, n)
+                    return self._send(200, json.dumps(body).encode())
                 text = fake.answer(prompt)
                 chat = "messages" in request
                 choices = [
@@ -134,8 +167,7 @@ class FakeOpenAI:
                         return
                     fake.answered[key] += 1
                 body = {"id": f"cmpl-{key[:8]}", "object": "chat.completion" if chat else "text_completion",
-                        "created": 0, "model": request["model"], "choices": choices,
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}}
+                        "created": 0, "model": request["model"], "choices": choices, "usage": fake._bill(prompt, n)}
                 self._send(200, json.dumps(body).encode())
 
         return Handler
