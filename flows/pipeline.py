@@ -28,8 +28,9 @@ from prefect.concurrency.sync import concurrency  # noqa: E402
 from prefect.deployments import run_deployment  # noqa: E402
 
 from flows import stages  # noqa: E402
+from flows.progress import LONG, publish_funnel, reporting  # noqa: E402
 from flows.stages import STAGE_HELP  # noqa: E402
-from machinery import runlock, store  # noqa: E402
+from machinery import redact, runlock, store  # noqa: E402
 from machinery.config import Config  # noqa: E402
 
 # Safe to retry: a teacher endpoint may fail transiently, and the request cache keeps what was done.
@@ -109,11 +110,20 @@ def _shard_executor(stage: str, config: Config) -> Iterator[Any]:
 @task(name="stage", task_run_name="{stage}")
 def stage_task(stage: str, run_dir: str, config: Config, force: bool = False, wait: bool = False,
                lock_owner: str | None = None) -> dict[str, Any]:
-    """Run one stage; return its manifest key, counts and whether it was skipped."""
-    with _shard_executor(stage, config) as executor:
+    """Run one stage; return its manifest key, counts and whether it was skipped.
+
+    The flow run's page shows a long stage's progress as it goes and every stage's funnel after it.
+    """
+    name = _run_name(Path(run_dir))
+    with contextlib.ExitStack() as stack:
+        # Ends at 100 when the stage completes, skipped or not; a failed stage's stays where it stopped.
+        progress = stack.enter_context(reporting(artifact_key(name, stage, "progress"),
+                                                 f"{stage} of {name}: percent done")) if stage in LONG else None
+        executor = stack.enter_context(_shard_executor(stage, config))
         outcome = stages.run(stage, Path(run_dir), config, force=force, wait=wait, flow_run_id=runtime.flow_run.id,
-                             inherit_from=lock_owner, executor=executor)
+                             inherit_from=lock_owner, executor=executor, progress=progress)
     manifest = outcome.manifest
+    publish_funnel(artifact_key(name, stage, "funnel"), stage, Path(run_dir) / stage, manifest)
     logger = get_run_logger()
     if outcome.skipped:
         logger.info("%s: skipped, complete output with key %s in %s", stage, manifest.key[:12],
@@ -181,8 +191,10 @@ def _hand_off(stage: str, run_dir: str, config: Config) -> dict[str, Any]:
     name = f"{stage}/{deployment}"
     get_run_logger().info("%s: handing off to deployment %s", stage, name)
     try:
-        run = run_deployment(name, parameters={"run_dir": run_dir, "config": config.model_dump(mode="json"),
-                                               "lock_owner": runtime.flow_run.id}, timeout=None)
+        # Parameters are stored by Prefect and shown in its UI: no URL credentials (the config refuses them anyway).
+        parameters = {"run_dir": run_dir, "config": redact.value(config.model_dump(mode="json")),
+                      "lock_owner": runtime.flow_run.id}
+        run = run_deployment(name, parameters=parameters, timeout=None)
     except ObjectNotFound:
         raise RuntimeError(f"{name}: no such deployment; deploy the training flows first: "
                            f"distillery deploy-training --pool POOL --name {deployment}") from None
@@ -208,7 +220,20 @@ def curate_and_train(run_dir: str, config: Config, force: bool = False, wait: bo
                 results.append(_hand_off(stage, run_dir, config))
             else:
                 results.append(STAGE_FLOWS[stage](run_dir=run_dir, config=config, force=force))
+        if config.publish.repo:  # last, under the hold: nothing rewrites the folder while it is pushed
+            results.append(publish_task(run_dir, config))
     return results
+
+
+@task(name="publish")
+def publish_task(run_dir: str, config: Config) -> dict[str, Any]:
+    """Push the run's data cards and model to the Hub repos of `publish.*` (`distillery push`)."""
+    from flows import push
+
+    report = push.push(Path(run_dir), config.publish.repo, private=config.publish.private,
+                       token_block=config.publish.token_block)
+    get_run_logger().info("publish: %s", report.splitlines()[-1])
+    return {"stage": "publish", "repo": config.publish.repo, "report": report}
 
 
 def next_version(dataset_dir: Path) -> str:

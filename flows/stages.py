@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machinery import runlock, store
+from machinery import redact, runlock, store
 from machinery.config import Config
 from machinery.execution import Executor
+
+Progress = Callable[[float], None]  # how far a stage is, 0 to 1; the flows publish it as a progress artifact
 
 STAGES = ("pull", "dedup", "generate", "filter", "build", "cards", "sft", "grpo", "eval")
 CURATION = STAGES[:6]
@@ -34,70 +36,84 @@ STAGE_HELP = {
 }
 
 
-def _execution(config: Config, executor: Executor | None) -> dict[str, Any]:
-    """Where a curation stage's per-row work runs (`execution.*`, or the caller's executor): never in its key."""
+def _execution(config: Config, executor: Executor | None, progress: Progress | None = None) -> dict[str, Any]:
+    """Where a curation stage's per-row work runs (`execution.*`, or the caller's executor): never in its key.
+
+    With `progress`, the executor reports the fraction of row shards done as each finishes.
+    """
+    from flows.progress import CountingExecutor
     from machinery.execution import make_executor
 
-    return {"executor": executor or make_executor(config.execution), "shard_rows": config.execution.shard_rows}
+    executor = executor or make_executor(config.execution)
+    return {"executor": CountingExecutor(executor, progress) if progress is not None else executor,
+            "shard_rows": config.execution.shard_rows}
 
 
-def _pull(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
+def _pull(run_dir: Path, config: Config, force: bool, executor: Executor | None = None,
+          progress: Progress | None = None) -> store.Manifest:
     from curation import pull
 
     return pull.run(run_dir, config.pull_stage(), force=force, **_execution(config, executor))
 
 
-def _dedup(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
+def _dedup(run_dir: Path, config: Config, force: bool, executor: Executor | None = None,
+           progress: Progress | None = None) -> store.Manifest:
     from curation import dedup
 
-    return dedup.run(run_dir, config.dedup, force=force, **_execution(config, executor))
+    return dedup.run(run_dir, config.dedup_stage(), force=force, **_execution(config, executor))
 
 
-def _generate(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
+def _generate(run_dir: Path, config: Config, force: bool, executor: Executor | None = None,
+              progress: Progress | None = None) -> store.Manifest:
     from curation import generate
     from flows.secrets import teacher_api_key
+    from machinery.execution import make_executor
 
-    return generate.run(run_dir, config.teacher, seed=config.seed, force=force,
-                        api_key=teacher_api_key(config.teacher), **_execution(config, executor))
+    executor = executor or make_executor(config.execution)
+    # Here the stage counts samples as they land; Ray tasks' samples are out of sight, so count their shards.
+    execution = _execution(config, executor, progress if not executor.in_process else None)
+    return generate.run(run_dir, config.teacher, seed=config.seed, force=force, api_key=teacher_api_key(config.teacher),
+                        progress=progress if executor.in_process else None, **execution)
 
 
-def _filter(run_dir: Path, config: Config, force: bool, executor: Executor | None = None) -> store.Manifest:
+def _filter(run_dir: Path, config: Config, force: bool, executor: Executor | None = None,
+            progress: Progress | None = None) -> store.Manifest:
     from curation import filters
     from flows.secrets import judge_api_key
 
-    return filters.run(run_dir, config.filter, force=force, judge_api_key=judge_api_key(config.filter.judge),
-                       **_execution(config, executor))
+    return filters.run(run_dir, config.filter_stage(), force=force, judge_api_key=judge_api_key(config.filter.judge),
+                       **_execution(config, executor, progress))
 
 
-def _build(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _build(run_dir: Path, config: Config, force: bool, progress: Progress | None = None) -> store.Manifest:
     from curation import build
 
     return build.run(run_dir, config.build, student=config.student.model, seed=config.seed,
                      revision=config.student.revision, force=force)
 
 
-def _cards(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _cards(run_dir: Path, config: Config, force: bool, progress: Progress | None = None) -> store.Manifest:
     from data_cards import cards
 
     return cards.run(run_dir, seed=config.seed, force=force)
 
 
-def _sft(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _sft(run_dir: Path, config: Config, force: bool, progress: Progress | None = None) -> store.Manifest:
     from training import sft
 
-    return sft.run(run_dir, config, force=force)
+    return sft.run(run_dir, config, force=force, progress=progress)
 
 
-def _grpo(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _grpo(run_dir: Path, config: Config, force: bool, progress: Progress | None = None) -> store.Manifest:
     from training import grpo
 
-    return grpo.run(run_dir, config, force=force)
+    return grpo.run(run_dir, config, force=force, progress=progress)
 
 
-def _eval(run_dir: Path, config: Config, force: bool) -> store.Manifest:
+def _eval(run_dir: Path, config: Config, force: bool, progress: Progress | None = None) -> store.Manifest:
     from training import evaluate
 
-    return evaluate.run(run_dir, config, force=force)
+    return evaluate.run(run_dir, config, force=force, progress=progress)
 
 
 RUNNERS: dict[str, Callable[..., store.Manifest]] = {
@@ -109,7 +125,7 @@ def write_config(run_dir: Path, config: Config) -> None:
     """Record the resolved config as run_dir/config.yaml: it reproduces the run and feeds the cards."""
     import yaml
 
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    text = yaml.safe_dump(redact.value(config.model_dump(mode="json")), sort_keys=False)
     path = run_dir / CONFIG_FILE
     if not path.is_file() or path.read_text() != text:
         store.atomic_write_bytes(path, text.encode())
@@ -138,14 +154,15 @@ def _secondary_host(stage: str, config: Config) -> bool:
 
 
 def run(stage: str, run_dir: Path, config: Config, *, force: bool = False, wait: bool = False,
-        flow_run_id: str | None = None, inherit_from: str | None = None, executor: Executor | None = None
-        ) -> Outcome:
+        flow_run_id: str | None = None, inherit_from: str | None = None, executor: Executor | None = None,
+        progress: Progress | None = None) -> Outcome:
     """Run one stage on `run_dir` under the dataset folder's lock; skipped when its output is complete.
 
     `wait`: wait for another writer of the folder instead of failing; `flow_run_id` names the
     Prefect flow run in the lock; `inherit_from` lets a stage handed off by that flow run run
     under its lock (see `machinery.runlock.hold`). `executor` runs a sharded stage's work
-    instead of the one `execution.*` configures (the flows: prefect-ray).
+    instead of the one `execution.*` configures (the flows: prefect-ray). `progress` is called
+    with the fraction done as a long stage (generate, filter, sft, grpo, eval) goes; others ignore it.
     """
     hold = (contextlib.nullcontext() if _secondary_host(stage, config) else
             runlock.hold(run_dir, f"stage {stage}", flow_run_id=flow_run_id, wait=wait, inherit_from=inherit_from))
@@ -153,6 +170,8 @@ def run(stage: str, run_dir: Path, config: Config, *, force: bool = False, wait:
         write_config(run_dir, config)
         before = store.Manifest.read(run_dir / stage / store.MANIFEST)
         runner = RUNNERS[stage]
-        manifest = runner(run_dir, config, force, executor) if stage in SHARDED else runner(run_dir, config, force)
+        # Positional: tests wrap a runner as `lambda *args: ...`.
+        manifest = (runner(run_dir, config, force, executor, progress) if stage in SHARDED
+                    else runner(run_dir, config, force, progress))
     # A stage that recomputes writes a new manifest; the same one back means nothing ran.
     return Outcome(stage=stage, manifest=manifest, skipped=before == manifest)

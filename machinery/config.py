@@ -1,6 +1,6 @@
 """The one typed pipeline config: named profiles (YAML), a config file, then `--set` overrides.
 
-Keys are stable (DESIGN.md "Interfaces"): `seed`, `sources`, `teacher.*`, `filter.*`,
+Keys are stable (docs/architecture.md "Interfaces"): `seed`, `sources`, `teacher.*`, `filter.*`,
 `dedup.*`, `student.model`, `sft.*`, `grpo.*`, `eval.*`, `mesh.*`, `execution.*`.
 """
 
@@ -12,7 +12,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from machinery import redact
 
 PROFILES_PACKAGE = "machinery.profiles"
 DEFAULT_PROFILE = "cpu-smoke"
@@ -36,6 +45,9 @@ class ProceduralSource(_Strict):
     n: int = Field(default=50, ge=1)
     seed: int | None = None  # None: the run's seed
     options: dict[str, Any] = Field(default_factory=dict)  # the generator's own config, e.g. max_terms
+    # A task whose scorer is not reviewed safe (some eval() the answer) loads only with this set; the verifier
+    # then scores it in a subprocess with a time limit (curation.sources.procedural).
+    allow_unsafe_scorer: bool = False
 
 
 class HubSource(_Strict):
@@ -53,12 +65,39 @@ class HubSource(_Strict):
 Source = Annotated[ProceduralSource | HubSource, Field(discriminator="kind")]
 
 
+def _no_credentials(url: str, key: str, instead: str) -> str:
+    """`url` if it carries no credential; else ValueError naming the key, what it carries and `instead`.
+
+    The config is written to config.yaml and manifests and is a Prefect flow run's parameter:
+    a credential in it would be stored in all of them, so it comes from the worker instead.
+    """
+    found = redact.credentials(url)
+    if found:
+        raise ValueError(f"{key}={redact.url(url)!r} carries a credential ({', '.join(found)}); a config is "
+                         f"written to config.yaml, manifests and Prefect's flow-run parameters, so give the URL "
+                         f"without it and {instead}")
+    return url
+
+
 def _http_url(url: str, key: str) -> str:
-    """`url` if it is an http(s) URL with a host; ValueError naming the key and the value otherwise."""
+    """`url` if it is an http(s) URL with a host and no credential; ValueError naming the key otherwise."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"{key} must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
-    return url
+        raise ValueError(f"{key} must be an http(s) URL such as http://127.0.0.1:8000/v1, got {redact.url(url)!r}")
+    section = key.rpartition(".")[0]
+    return _no_credentials(url, key, f"put the key in the variable named by {section}.api_key_env or the Prefect "
+                                     f"Secret block named by {section}.api_key_block")
+
+
+class Price(_Strict):
+    """What an endpoint charges, in dollars per million tokens: `input` (prompt) and `output` (completion)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+    def pair(self) -> tuple[float, float]:
+        """(input, output), as `curation.teacher.cost` takes it."""
+        return self.input, self.output
 
 
 class TeacherConfig(_Strict):
@@ -71,7 +110,9 @@ class TeacherConfig(_Strict):
     # openai: the served model's name; tunix: a registry name, a Hub id or a local Hugging Face folder
     model: str = "gemma3-270m"
     revision: str | None = None  # tunix backend, Hub ids: a branch, tag or commit (None: main)
-    api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
+    # The name of the variable holding the key, never the key itself (None: send no key). The worker
+    # sends only variables its operator allows, to hosts its operator allows (flows.secrets).
+    api_key_env: str | None = "OPENAI_API_KEY"
     api_key_block: str | None = None  # or the name of a Prefect Secret block holding the key (it wins)
     n: int = Field(default=4, ge=1)
     temperature: float = Field(default=0.8, ge=0.0)
@@ -85,6 +126,14 @@ class TeacherConfig(_Strict):
     # An endpoint that fails this many requests in a row is benched for bench_s seconds, then tried again.
     bench_after: int = Field(default=3, ge=1)
     bench_s: float = Field(default=30.0, gt=0)
+    # Dollars per million tokens, for the cost in stats and cards (None: tokens only). One price for
+    # every endpoint, or a list aligned with a base_url list (providers charge differently).
+    price: list[Price] | None = None
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _one_price(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value  # one {input, output}: the price of every endpoint
 
     @field_validator("base_url")
     @classmethod
@@ -107,18 +156,39 @@ class TeacherConfig(_Strict):
             return []
         return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
+    @model_validator(mode="after")
+    def _prices(self) -> TeacherConfig:
+        if self.price is not None and len(self.price) not in (1, len(self.base_urls())):
+            raise ValueError(f"teacher.price lists {len(self.price)} prices for {len(self.base_urls())} "
+                             "teacher.base_url endpoints: give one {input, output} for all, or one per "
+                             "base_url entry, in the same order")
+        return self
+
+    def prices(self) -> list[tuple[float, float] | None]:
+        """Each endpoint's price (dollars per million input and output tokens), aligned with `base_urls()`."""
+        count = max(1, len(self.base_urls()))
+        if self.price is None:
+            return [None] * count
+        return [p.pair() for p in self.price] if len(self.price) == count else [self.price[0].pair()] * count
+
 
 class JudgeConfig(_Strict):
     """An LLM judge behind an OpenAI-compatible endpoint: is the reasoning sound, not only the answer?"""
 
     base_url: str
     model: str
-    api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
+    api_key_env: str | None = "OPENAI_API_KEY"  # as teacher.api_key_env: a name the worker allows, or None
     api_key_block: str | None = None  # or a Prefect Secret block holding the key (it wins)
     concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=6, ge=1)
     max_new_tokens: int = Field(default=128, ge=1)
+    price: Price | None = None  # dollars per million tokens, for the judge's cost in stats and cards
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value, "filter.judge.base_url")
 
 
 class FilterConfig(_Strict):
@@ -133,6 +203,9 @@ class FilterConfig(_Strict):
     check_deadline_s: float = Field(default=10.0, gt=0)  # per answer check, in a process pool
     check_steps: bool = True  # reject traces that state a false arithmetic claim (curation.steps)
     judge: JudgeConfig | None = None  # ask an LLM judge about traces that passed every other check
+    # Procedural tasks whose scorer evaluates code, allowed to score (in a subprocess with a time
+    # limit): `Config.filter_stage` adds every source and eval set with `allow_unsafe_scorer: true`.
+    unsafe_scorers: list[str] = Field(default_factory=list)
 
 
 class DedupConfig(_Strict):
@@ -143,11 +216,37 @@ class DedupConfig(_Strict):
     shingle: int = Field(default=5, ge=1)
     bands: int | None = Field(default=None, ge=1)  # None: chosen from threshold, then recorded
     rows: int | None = Field(default=None, ge=1)
-    eval_sets: list[HubSource] = Field(default_factory=list)
+    # Problems training must not contain (exact or near copies are `contaminated`): Hub benchmarks
+    # (also matched by shared word n-grams) and procedural sets. The run's own eval.sets are added
+    # by `Config.dedup_stage`, so a profile lists them once.
+    eval_sets: list[Source] = Field(default_factory=list)
     ngram: int = Field(default=13, ge=3)  # decontamination n-gram length in words
     max_ngram_df: int = Field(default=10, ge=1)  # n-grams in more training docs are boilerplate
     index: Literal["local", "redis"] = "local"
+    # redis:// or rediss:// (TLS) host, port and db; a password comes from the worker's
+    # $DISTILLERY_REDIS_URL (curation.dedup_index), never from the config.
     redis_url: str | None = None
+
+    @field_validator("eval_sets", mode="before")
+    @classmethod
+    def _hub_by_default(cls, value: Any) -> Any:
+        # Before procedural sets were allowed here every entry was a Hub set, written without `kind`.
+        if isinstance(value, list):
+            return [{"kind": "hub", **item} if isinstance(item, dict) and "kind" not in item else item
+                    for item in value]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("redis", "rediss") or not parsed.netloc:
+            raise ValueError(f"dedup.redis_url must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379/0, "
+                             f"got {redact.url(value)!r}")
+        return _no_credentials(value, "dedup.redis_url", "set the whole URL, credentials included, in "
+                                                         "$DISTILLERY_REDIS_URL on the machines that run dedup")
 
 
 class BuildConfig(_Strict):
@@ -239,6 +338,14 @@ class OrchestrationConfig(_Strict):
     training_deployment: str | None = None
 
 
+class PublishConfig(_Strict):
+    """`publish.*`: where curate-and-train pushes the cards and model at the end (`distillery push`); no repo: none."""
+
+    repo: str | None = Field(default=None, pattern=r"^[^/\s]+/[^/\s]+$")  # ORG/NAME: the model; -sft, -grpo: cards
+    private: bool = True
+    token_block: str | None = None  # a Prefect Secret block holding the token; None: $HF_TOKEN on the worker
+
+
 class ExecutionConfig(_Strict):
     """Where the curation stages' per-row work runs; never part of a stage's key.
 
@@ -275,6 +382,9 @@ class PullSettings(_Strict):
 
     # A problem longer than this is a broken or hostile row, not a math problem (MATH-500's longest: ~1,800)
     max_chars: int = Field(default=20_000, ge=1)
+    # Gold answers are a few dozen characters; the verifier refuses golds over 2,000 (curation.answers).
+    max_answer_chars: int = Field(default=2_000, ge=1)
+    max_solution_chars: int = Field(default=50_000, ge=1)
 
 
 class PullConfig(_Strict):
@@ -283,6 +393,8 @@ class PullConfig(_Strict):
     seed: int = 0
     sources: list[Source] = Field(min_length=1)
     max_chars: int = Field(default=20_000, ge=1)
+    max_answer_chars: int = Field(default=2_000, ge=1)
+    max_solution_chars: int = Field(default=50_000, ge=1)
 
 
 class Config(_Strict):
@@ -302,11 +414,29 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     mesh: MeshConfig = MeshConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    publish: PublishConfig = PublishConfig()
     execution: ExecutionConfig = ExecutionConfig()
 
     def pull_stage(self) -> PullConfig:
         """The pull stage's part of the config."""
-        return PullConfig(seed=self.seed, sources=self.sources, max_chars=self.pull.max_chars)
+        return PullConfig(seed=self.seed, sources=self.sources, max_chars=self.pull.max_chars,
+                          max_answer_chars=self.pull.max_answer_chars,
+                          max_solution_chars=self.pull.max_solution_chars)
+
+    def filter_stage(self) -> FilterConfig:
+        """The checks' part (filter stage, GRPO reward, eval): `filter.*`, with the allowed unsafe scorers' tasks."""
+        allowed = [s.task for s in [*self.sources, *self.eval.sets, *self.dedup.eval_sets]
+                   if isinstance(s, ProceduralSource) and s.allow_unsafe_scorer]
+        return self.filter.model_copy(update={"unsafe_scorers": sorted({*self.filter.unsafe_scorers, *allowed})})
+
+    def dedup_stage(self) -> DedupConfig:
+        """The dedup stage's part: `dedup.*`, with the held-out `eval.sets` among the sets to decontaminate against.
+
+        A procedural set without a seed gets the run's, as the eval stage loads it.
+        """
+        seeded = [s.model_copy(update={"seed": self.seed}) if isinstance(s, ProceduralSource) and s.seed is None
+                  else s for s in [*self.dedup.eval_sets, *self.eval.sets]]
+        return self.dedup.model_copy(update={"eval_sets": [s for i, s in enumerate(seeded) if s not in seeded[:i]]})
 
 
 def profile_names() -> list[str]:
@@ -382,5 +512,5 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for issue in err.errors():
         key = ".".join(str(p) for p in issue["loc"])
-        lines.append(f"{key or '<config>'}: {issue['msg']} (got {issue.get('input')!r})")
+        lines.append(f"{key or '<config>'}: {issue['msg']} (got {redact.value(issue.get('input'))!r})")
     return "invalid config: " + "; ".join(lines)

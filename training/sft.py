@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,11 +137,16 @@ def model_inputs(pad: int):
 
 
 class MetricsLog:
-    """metrics.jsonl, appended as steps finish; on resume, cut back to the restored checkpoint."""
+    """metrics.jsonl, appended as steps finish; on resume, cut back to the restored checkpoint.
 
-    def __init__(self, path: Path, tokens_per_step: list[int]):
+    `progress`, when given, gets the fraction of `total_steps` done after every train step.
+    """
+
+    def __init__(self, path: Path, tokens_per_step: list[int], *, progress: Callable[[float], None] | None = None,
+                 total_steps: int = 0):
         self.path = path
         self.tokens_per_step = tokens_per_step
+        self.progress, self.total_steps = progress, total_steps
         self._last = time.perf_counter()
         self._eval: list[tuple[float, float]] = []
 
@@ -181,6 +186,8 @@ class MetricsLog:
             tokens = self.tokens_per_step[step - 1] if step - 1 < len(self.tokens_per_step) else 0
         self.append({"step": step, "loss": loss, "tokens": tokens, "seconds": round(seconds, 4),
                      "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None, **(extra or {})})
+        if self.progress is not None and self.total_steps:
+            self.progress(min(step / self.total_steps, 1.0))
 
     def eval_batch(self, loss: float, tokens: float) -> None:
         """Accumulate one eval batch."""
@@ -277,10 +284,12 @@ def counting_compiles(function: str) -> Iterator[list[int]]:
 
 
 def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, config: Config, *, key: str,
-          force: bool, device_mesh: Any = None) -> tuple[Any, SftStats]:
+          force: bool, device_mesh: Any = None, progress: Callable[[float], None] | None = None
+          ) -> tuple[Any, SftStats]:
     """Train the LoRA adapter on the kept rows; returns (LoRA model, stats without row counts).
 
-    `device_mesh` is the mesh the student was loaded on (default: `mesh.create(config.mesh)`).
+    `device_mesh` is the mesh the student was loaded on (default: `mesh.create(config.mesh)`);
+    `progress` gets the fraction of steps done after each step.
     """
     import optax
     from tunix.sft import peft_trainer
@@ -303,7 +312,8 @@ def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, con
     evals = eval_batches(rows["validation"], batch_size=sft.batch_size, length=length, pad=pad)
     folder = stage_dir / CHECKPOINTS
     guard_checkpoints(folder, key, force=force)
-    log = MetricsLog(stage_dir / METRICS_LOG, [int((b["input_tokens"] != pad).sum()) for b in batches])
+    log = MetricsLog(stage_dir / METRICS_LOG, [int((b["input_tokens"] != pad).sum()) for b in batches],
+                     progress=progress, total_steps=sft.steps)
     training_config = peft_trainer.TrainingConfig(
         eval_every_n_steps=sft.eval_every, max_steps=sft.steps, checkpoint_root_directory=str(folder),
         checkpointing_options=checkpoint_options(sft.checkpoint_every), pbar_description="SFT")
@@ -335,7 +345,8 @@ def train(loaded: registry.LoadedModel, kept: pl.DataFrame, stage_dir: Path, con
     return trainer.model, stats
 
 
-def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.StageResult:
+def compute(run_dir: Path, config: Config, *, key: str, force: bool,
+            progress: Callable[[float], None] | None = None) -> store.StageResult:
     """Encode, reject too-long rows, train, write the adapter and the merged model; the tables for run_stage."""
     started = time.time()
     frame = store.finished(run_dir, "build").read(formats.SFT_SET)
@@ -344,7 +355,8 @@ def compute(run_dir: Path, config: Config, *, key: str, force: bool) -> store.St
     kept, rejected = encode(frame, loaded.tokenizer, config.sft.max_length)
     stage_dir = run_dir / STAGE
     stage_dir.mkdir(parents=True, exist_ok=True)
-    lora_model, stats = train(loaded, kept, stage_dir, config, key=key, force=force, device_mesh=device_mesh)
+    lora_model, stats = train(loaded, kept, stage_dir, config, key=key, force=force, device_mesh=device_mesh,
+                              progress=progress)
     lora.save(lora_model, stage_dir / lora.ADAPTER, config=config.sft.lora, base=loaded.source)
     export.write(loaded, lora.fold(loaded.model, lora_model, config.sft.lora), stage_dir / export.MODEL_DIR,
                  dtype=config.student.dtype)
@@ -368,12 +380,16 @@ def student_identity(config: Config) -> str:
     return registry.identity(config.student.model, revision=config.student.revision)
 
 
-def run(run_dir: Path, config: Config, *, force: bool = False) -> store.Manifest:
-    """Run the SFT stage on `run_dir/build/sft.parquet` unless a complete output with the same key exists."""
+def run(run_dir: Path, config: Config, *, force: bool = False,
+        progress: Callable[[float], None] | None = None) -> store.Manifest:
+    """Run the SFT stage on `run_dir/build/sft.parquet` unless a complete output with the same key exists.
+
+    `progress` gets the fraction of training steps done as they finish.
+    """
     inputs = {"build_sft": store.finished(run_dir, "build").hash(formats.SFT_SET), "student": student_identity(config)}
     stage_config = {"sft": config.sft.model_dump(mode="json"), "seed": config.seed, "dtype": config.student.dtype,
                     "mesh": config.mesh.model_dump(mode="json")}
     key = store.stage_key(stage_config, inputs)
     return store.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, force=force,
-                           compute=lambda: compute(run_dir, config, key=key, force=force),
+                           compute=lambda: compute(run_dir, config, key=key, force=force, progress=progress),
                            outputs=(lora.ADAPTER, *MODEL_FILES))

@@ -43,6 +43,7 @@ def _solver(config):
     return answer
 
 
+@pytest.mark.slow  # every stage, training included, three times: minutes on 2 cores (make test-slow)
 def test_curate_and_train_resumes_at_the_failed_stage(prefect_api, tmp_path, monkeypatch):
     """A generate fault fails the flow; the re-run skips pull and dedup and recomputes from generate on."""
     from flows import pipeline
@@ -50,7 +51,7 @@ def test_curate_and_train_resumes_at_the_failed_stage(prefect_api, tmp_path, mon
     config = load_config("tiny")
     with FakeOpenAI(answer=_solver(config)) as teacher:
         config = load_config("tiny", sets=["teacher.backend=openai", f"teacher.base_url={teacher.base_url}",
-                                           "teacher.model=fake", "teacher.style=chat", "teacher.api_key_env=NONE",
+                                           "teacher.model=fake", "teacher.style=chat", "teacher.api_key_env=null",
                                            "build.drop_zero_advantage=false", "filter.min_tokens=1"])
         run_dir = tmp_path / "runs" / "tiny" / "v1"
         generate = stages.RUNNERS["generate"]
@@ -96,10 +97,13 @@ def test_stage_flow_publishes_card_artifacts(prefect_api, tmp_path):
 
     from flows import pipeline
 
-    config = load_config("tiny", sets=["teacher.n=1"])
     run_dir = tmp_path / "runs" / "Tiny_Set" / "v1"
-    for stage in stages.CURATION:
-        pipeline.STAGE_FLOWS[stage](run_dir=str(run_dir), config=config)
+    with FakeOpenAI() as teacher:  # the cards are the point, not the traces: no model to load
+        config = load_config("tiny", sets=["teacher.n=1", "teacher.backend=openai", "teacher.model=fake",
+                                           f"teacher.base_url={teacher.base_url}", "teacher.style=chat",
+                                           "teacher.api_key_env=null"])
+        for stage in stages.CURATION:
+            pipeline.STAGE_FLOWS[stage](run_dir=str(run_dir), config=config)
 
     async def artifacts() -> dict[str, str]:
         async with get_client() as client:
@@ -122,27 +126,31 @@ def test_refresh_writes_a_version_only_with_new_rows(prefect_api, tmp_path):
     """Refresh adds v2 with only unseen problems; when nothing new survives dedup, no version is written."""
     from flows import pipeline
 
-    dataset = tmp_path / "runs" / "tiny"
-    config = load_config("tiny", sets=["teacher.n=1"])
-    first = pipeline.refresh(dataset_dir=str(dataset), config=config)
-    second = pipeline.refresh(dataset_dir=str(dataset), config=config)
-    assert (first["version"], second["version"]) == ("v1", "v2")
-    assert first["new_rows"] > 0 and second["new_rows"] > 0  # a new seed, new problems
-    v1 = set(store.finished(dataset / "v1", "dedup").read()["problem"].to_list())
-    v2 = set(store.finished(dataset / "v2", "dedup").read()["problem"].to_list())
-    assert v1 and v2 and not v1 & v2  # nothing re-added
-    assert (dataset / "v2" / "cards" / "sft" / "README.md").is_file()
+    # What the traces say does not matter here: a fake teacher, as a model would only cost time.
+    with FakeOpenAI() as teacher:
+        fake = ["teacher.n=1", "teacher.backend=openai", f"teacher.base_url={teacher.base_url}", "teacher.model=fake",
+                "teacher.style=chat", "teacher.api_key_env=null"]
+        dataset = tmp_path / "runs" / "tiny"
+        config = load_config("tiny", sets=fake)
+        first = pipeline.refresh(dataset_dir=str(dataset), config=config)
+        second = pipeline.refresh(dataset_dir=str(dataset), config=config)
+        assert (first["version"], second["version"]) == ("v1", "v2")
+        assert first["new_rows"] > 0 and second["new_rows"] > 0  # a new seed, new problems
+        v1 = set(store.finished(dataset / "v1", "dedup").read()["problem"].to_list())
+        v2 = set(store.finished(dataset / "v2", "dedup").read()["problem"].to_list())
+        assert v1 and v2 and not v1 & v2  # nothing re-added
+        assert (dataset / "v2" / "cards" / "sft" / "README.md").is_file()
 
-    # A Hub file that has not changed: the second refresh finds nothing new and writes no version.
-    hub = write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": f"Tom has {i} apples and buys {i + 3} more. "
-                                                               f"How many apples does he have?",
-                                                  "answer": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"}
-                                                 for i in range(1, 5)])
-    fixed = load_config("tiny", sets=["teacher.n=1", "sources=[{kind: hub, id: openai/gsm8k, split: test, "
-                                                     f"data_files: '{hub}'}}]"])
-    gsm = tmp_path / "runs" / "gsm"
-    assert pipeline.refresh(dataset_dir=str(gsm), config=fixed)["kept"]
-    nothing_new = pipeline.refresh(dataset_dir=str(gsm), config=fixed)
+        # A Hub file that has not changed: the second refresh finds nothing new and writes no version.
+        hub = write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": f"Tom has {i} apples and buys {i + 3} more. "
+                                                                   f"How many apples does he have?",
+                                                      "answer": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"}
+                                                     for i in range(1, 5)])
+        hub_source = f"sources=[{{kind: hub, id: openai/gsm8k, split: test, data_files: '{hub}'}}]"
+        fixed = load_config("tiny", sets=[*fake, hub_source])
+        gsm = tmp_path / "runs" / "gsm"
+        assert pipeline.refresh(dataset_dir=str(gsm), config=fixed)["kept"]
+        nothing_new = pipeline.refresh(dataset_dir=str(gsm), config=fixed)
     assert nothing_new == {"version": "v2", "seed": fixed.seed + 2, "new_rows": 0, "kept": False}
     assert sorted(p.name for p in gsm.glob("v*")) == ["v1"]
     assert [a["kept"] for a in json.loads((gsm / "refresh.json").read_text())] == [True, False]
