@@ -57,6 +57,7 @@ MEASURES = MONEY | frozenset(
 _PHYSICAL = MEASURES - MONEY
 MAX_DIGITS = 4300  # Python's own limit on int(str); a longer number is skipped, never converted
 MAX_BITS = 20_000  # larger powers are skipped: exact, but not worth the time
+MAX_DEPTH = 50  # bracket nesting; MATH-500's deepest LaTeX nests under 10
 _MAX_VALUE_BITS = 4 * MAX_BITS  # any larger intermediate value is skipped too: a line's cost stays bounded
 
 
@@ -75,6 +76,10 @@ _tok = functools.partial(tuple.__new__, Tok)  # C-level construction: tokenizing
 
 class NoParse(Exception):
     """No expression at this position: the parser backs off."""
+
+
+class TooDeep(Exception):
+    """Brackets nested deeper than `MAX_DEPTH`: no step anyone writes, and re-parsing each level costs depth squared."""
 
 
 class Symbolic(Exception):
@@ -204,11 +209,11 @@ class Parser:
     """Precedence climbing over one line's tokens: + - bind loosest, then * / x "of" 2(3), then ^ **."""
 
     def __init__(self, toks: list[Tok]):
-        self.toks, self.n, self.i, self.first_side = toks, len(toks), 0, True
+        self.toks, self.n, self.i, self.first_side, self.depth = toks, len(toks), 0, True, 0
 
     def claim(self, j: int) -> tuple[list[Node], list[int], int] | None:
         """Sides of the claim starting at token j, the indices of its relation signs, and the index after it."""
-        self.i, self.first_side = j, True
+        self.i, self.first_side, self.depth = j, True, 0
         try:
             sides = [self.expr()]
         except NoParse:
@@ -285,7 +290,11 @@ class Parser:
         if t.kind == "op" and t.text == "**":  # markdown bold around a result: "= **7**"
             return self.atom()
         if t.kind == "lp":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise TooDeep
             inner = self.expr()
+            self.depth -= 1
             if self.i >= self.n or toks[self.i].kind != "rp":
                 raise NoParse
             self.i += 1

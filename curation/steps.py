@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from curation import step_words
-from curation.step_reader import (MEASURES, MONEY, BinOp, Lit, Node, Parser, Symbolic, Tok, Unevaluable, has_lit,
-                                  is_unit, leftmost, shown_as, tokenize, value)
+from curation.step_reader import (MEASURES, MONEY, BinOp, Lit, Node, Parser, Symbolic, Tok, TooDeep, Unevaluable,
+                                  has_lit, is_unit, leftmost, shown_as, tokenize, value)
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _check_segment(text: str, lo: int, hi: int, note: bool) -> tuple[int, int, l
         except Symbolic:
             j += 1
             continue
-        except RecursionError:  # "((((...))))" thousands deep: the rest of the line is counted as skipped
+        except (RecursionError, TooDeep):  # "((((...))))" deeper than any step: the rest of the line is skipped
             logger.debug("line nested too deeply to parse: %r", text[lo : lo + 80])
             break
         if verdict is not None:
