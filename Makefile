@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # llama-cpp-python builds from source (3-14 minutes on 2 cores); pip's wheel cache keeps the build.
+# Built portable (GGML_NATIVE=OFF): 0.3.36 built for a CPU with AMX and AVX-512 segfaulted on its
+# first completion, where the portable build answers.
 $(SLOW_STAMP): $(STAMP)
-	@$(call pip_install,-e '$(SLOW_EXTRAS)')
+	@export CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}"; $(call pip_install,-e '$(SLOW_EXTRAS)')
 	@touch $(SLOW_STAMP)
 
 # The whole curate-and-train Prefect flow on the embedded default (a temporary local Prefect
