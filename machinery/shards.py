@@ -16,7 +16,8 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +59,9 @@ class Shards(Protocol):
     def table(self, label: str, name: str, columns: list[str] | None = None) -> pl.DataFrame:
         """One table of a finished shard (only `columns` when given)."""
 
+    def path(self, label: str, name: str) -> Path:
+        """Where one table of a finished shard lies (shards on disk only)."""
+
 
 class FolderShards:
     """Finished shards as parquet files and JSON markers under `<stage>/shards/<key16>/`."""
@@ -85,8 +89,11 @@ class FolderShards:
     def counts(self, label: str) -> dict[str, Any]:
         return json.loads(self._marker(label).read_text())["counts"]
 
+    def path(self, label: str, name: str) -> Path:
+        return self.folder / f"{label}.{name}.parquet"
+
     def table(self, label: str, name: str, columns: list[str] | None = None) -> pl.DataFrame:
-        path = self.folder / f"{label}.{name}.parquet"
+        path = self.path(label, name)
         try:
             return pl.read_parquet(path, columns=columns)
         except OSError as error:
@@ -131,6 +138,9 @@ class MemoryShards:
     def table(self, label: str, name: str, columns: list[str] | None = None) -> pl.DataFrame:
         frame = self._outputs[label].tables[name]
         return frame.select(columns) if columns is not None else frame
+
+    def path(self, label: str, name: str) -> Path:
+        raise ExecutionError(f"shard {label}: shards kept in memory have no files; use shards.scratch_plan()")
 
 
 @dataclass(kw_only=True)
@@ -215,10 +225,33 @@ class Plan:
         """One table of every shard, stacked in shard order."""
         return pl.concat([self.shards.table(label, name, columns) for label in labels], how="vertical")
 
+    def path(self, label: str, name: str) -> Path:
+        """Where one table of a finished shard lies."""
+        return self.shards.path(label, name)
+
+    @property
+    def folder(self) -> Path:
+        """The folder of this stage key's shards, for a phase's own files (partitions, arrays).
+
+        Deleted with the shards once the manifest is written; kept after a failure, for the next run.
+        """
+        if not isinstance(self.shards, FolderShards):
+            raise ExecutionError("this plan keeps its shards in memory; use shards.scratch_plan()")
+        self.shards.folder.mkdir(parents=True, exist_ok=True)
+        return self.shards.folder
+
 
 def in_memory(shard_rows: int = DEFAULT_SHARD_ROWS) -> Plan:
     """This process, shards in memory: what a stage function uses when called on frames alone."""
     return Plan(executor=LocalExecutor(), shards=MemoryShards(), shard_rows=shard_rows)
+
+
+@contextlib.contextmanager
+def scratch_plan(shard_rows: int = DEFAULT_SHARD_ROWS, executor: Executor | None = None) -> Iterator[Plan]:
+    """A plan with its shards in a temporary folder, removed on exit: a file-based stage called on frames."""
+    with tempfile.TemporaryDirectory(prefix="distillery-shards-") as folder:
+        yield Plan(executor=executor or LocalExecutor(), shards=FolderShards(Path(folder), "0" * 16),
+                   shard_rows=shard_rows)
 
 
 def run_stage(run_dir: Path, stage: str, *, config: Any, inputs: dict[str, str],

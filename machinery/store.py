@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from machinery import redact
 
@@ -36,6 +38,9 @@ DATA = "data.parquet"
 REJECTED = "rejected.parquet"
 STATS = "stats.json"
 MANIFEST = "manifest.json"
+# Rows per row group of a table streamed from parts: fixed, so the file's bytes depend on its rows
+# alone, not on how a stage cut them into shards or which engine ran them.
+ROW_GROUP_ROWS = 65_536
 
 
 class WriteError(OSError):
@@ -67,13 +72,16 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, f"no free temp name beside {path}", str(path))
 
 
-def _write_temp(path: Path, payload: bytes) -> Path:
+def _write_temp(path: Path, payload: bytes | Parts) -> Path:
     """Write payload to a hidden temp file beside `path`, flushed to disk; WriteError naming `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            if isinstance(payload, Parts):
+                stream_parts(payload, handle)
+            else:
+                handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as error:
@@ -160,11 +168,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def write_all(files: dict[Path, bytes], *, before_replace: Callable[[], None] | None = None) -> None:
+def write_all(files: dict[Path, bytes | Parts], *, before_replace: Callable[[], None] | None = None) -> None:
     """Write several files so that either all are replaced or none is (a full disk leaves the old ones).
 
-    Every payload is written to a temp file first; only when all are on disk does
-    `before_replace` run and are they renamed into place (a rename needs no space).
+    Every payload (bytes, or a table's parts streamed into one parquet file) is written to a
+    temp file first; only when all are on disk does `before_replace` run and are they renamed
+    into place (a rename needs no space).
     """
     temps: dict[Path, Path] = {}
     try:
@@ -197,6 +206,69 @@ def parquet_bytes(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.write_parquet(buffer, compression="zstd", statistics=False)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Parts:
+    """A table too big for one process's memory: parquet files holding its rows in order.
+
+    A stage returns its kept or rejected rows this way when its tasks wrote them shard by
+    shard; `run_stage` streams the parts into the one output file without gathering them.
+    """
+
+    files: tuple[Path, ...]
+    height: int
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise ValueError("Parts needs at least one file (an empty one carries the schema)")
+
+
+def stream_parts(parts: Parts, handle: BinaryIO) -> None:
+    """Write parts as one parquet file, row groups of exactly ROW_GROUP_ROWS rows (the last one shorter).
+
+    Memory: about one row group at a time. Every part must have the first one's schema, and
+    together they must hold `parts.height` rows; a ValueError names what differs.
+    """
+    schema = pq.read_schema(parts.files[0])
+    written = 0
+    with pq.ParquetWriter(handle, schema, compression="zstd", write_statistics=True) as writer:
+
+        def flush(table: pa.Table) -> None:
+            nonlocal written
+            # One contiguous chunk: pages then depend on the rows alone, not on how the parts cut them.
+            writer.write_table(table.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+            written += table.num_rows
+
+        pending = pa.Table.from_batches([], schema=schema)
+        for file in parts.files:
+            source = pq.ParquetFile(file)
+            if not source.schema_arrow.equals(schema):
+                raise ValueError(f"{file}: schema {source.schema_arrow} differs from the first part's "
+                                 f"({parts.files[0]}: {schema})")
+            for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS):
+                pending = pa.concat_tables([pending, pa.Table.from_batches([batch], schema=schema)])
+                while pending.num_rows >= ROW_GROUP_ROWS:
+                    flush(pending.slice(0, ROW_GROUP_ROWS))
+                    pending = pending.slice(ROW_GROUP_ROWS)
+        if pending.num_rows:
+            flush(pending)
+    if written != parts.height:
+        raise ValueError(f"parts {parts.files[0]}..{parts.files[-1]} hold {written} rows, not the {parts.height} "
+                         f"the stage counted")
+
+
+def read_rows(path: Path, start: int, stop: int, columns: list[str] | None = None) -> pl.DataFrame:
+    """Rows [start, stop) of a parquet file, reading only the row groups that hold them."""
+    frame = pl.scan_parquet(path)
+    if columns is not None:
+        frame = frame.select(columns)
+    return frame.slice(start, max(0, stop - start)).collect()
+
+
+def row_count(path: Path) -> int:
+    """Rows of a parquet file, from its footer."""
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def json_bytes(payload: Any) -> bytes:
@@ -274,10 +346,10 @@ class StageStats:
 class StageResult:
     """One stage's output before it is written: kept rows, rejected rows, stats."""
 
-    kept: pl.DataFrame
-    rejected: pl.DataFrame
+    kept: pl.DataFrame | Parts
+    rejected: pl.DataFrame | Parts
     stats: StageStats
-    extra: dict[str, pl.DataFrame] = field(default_factory=dict)  # more tables: <name>.parquet
+    extra: dict[str, pl.DataFrame | Parts] = field(default_factory=dict)  # more tables: <name>.parquet
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,6 +430,10 @@ class Finished:
         """One of the stage's parquet outputs (its kept rows by default)."""
         return pl.read_parquet(self.path(name))
 
+    def row_count(self, name: str = DATA) -> int:
+        """Rows of one of the stage's parquet outputs, without reading them."""
+        return row_count(self.path(name))
+
 
 def finished(run_dir: Path, stage: str) -> Finished:
     """The complete output of `stage` in `run_dir`; StageInputError, naming it, when there is none."""
@@ -396,9 +472,9 @@ def run_stage(
             or stats.rejected != result.rejected.height:
         raise RuntimeError(f"{stage}: rows do not add up: in={stats.rows_in} kept={stats.kept}/"
                            f"{result.kept.height} rejected={stats.rejected}/{result.rejected.height}")
-    tables = {DATA: parquet_bytes(result.kept), REJECTED: parquet_bytes(result.rejected),
+    tables = {DATA: _table_payload(result.kept), REJECTED: _table_payload(result.rejected),
               STATS: json_bytes(dataclasses.asdict(stats)),
-              **{f"{name}.parquet": parquet_bytes(frame) for name, frame in result.extra.items()}}
+              **{f"{name}.parquet": _table_payload(frame) for name, frame in result.extra.items()}}
     # All or nothing: on a full disk the previous complete output (and its manifest) stays as it was;
     # once every table is on disk the manifest goes (incomplete) until the new one lands.
     write_all({stage_dir / name: payload for name, payload in tables.items()},
@@ -410,6 +486,11 @@ def run_stage(
     logger.info("%s: kept %d, rejected %d of %d in %.1f s -> %s", stage, stats.kept, stats.rejected,
                 stats.rows_in, manifest.seconds, stage_dir)
     return manifest
+
+
+def _table_payload(table: pl.DataFrame | Parts) -> bytes | Parts:
+    """What `write_all` writes for a stage table: a frame's bytes, or parts to stream."""
+    return table if isinstance(table, Parts) else parquet_bytes(table)
 
 
 def finish_stage(stage_dir: Path, *, stage: str, key: str, config: Any, inputs: dict[str, str], outputs: list[str],

@@ -38,6 +38,17 @@ def test_a_finished_shard_is_reused_and_an_unfinished_one_redone(tmp_path):
     assert folder.counts("s2") == {"item": 2}
 
 
+def test_a_scratch_plan_keeps_shard_files_where_a_phase_can_find_them_and_removes_them_after():
+    with shards.scratch_plan(shard_rows=4) as plan:
+        labels = plan.run(_double, [("s0", 0), ("s1", 1)], name="w", shared={"calls": []})
+        assert pl.read_parquet(plan.path(labels[1], "x"))["x"].to_list() == [2]
+        (plan.folder / "parts").mkdir()  # a phase's own files live beside the shards
+        root = plan.folder
+    assert not root.exists()
+    with pytest.raises(ExecutionError, match="scratch_plan"):
+        shards.in_memory().folder
+
+
 def test_shards_of_another_stage_key_are_dropped_when_a_stage_starts(tmp_path):
     old = shards.FolderShards(tmp_path / "stage", "a" * 64)
     shards.run(LocalExecutor(), old, _double, [("s0", 0)], name="w", shared={"calls": []})

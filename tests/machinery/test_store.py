@@ -234,3 +234,64 @@ def test_a_folder_swap_killed_at_any_step_leaves_the_old_or_the_new_folder(tmp_p
             break
     assert line > 10 and outcomes[0] == "old" and outcomes[-1] == "new"  # the kills spanned the whole swap
     assert outcomes == sorted(outcomes, key=["old", "new"].index)  # once new, never old again
+
+
+def _parts(folder: Path, frame: pl.DataFrame, cuts: list[int]) -> store.Parts:
+    """frame written as parquet parts cut at `cuts` (each part written as a shard task writes it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (start, stop) in enumerate(zip(cuts, cuts[1:])):
+        path = folder / f"part-{i}.parquet"
+        frame.slice(start, stop - start).write_parquet(path, compression="lz4")
+        files.append(path)
+    return store.Parts(files=tuple(files), height=frame.height)
+
+
+def test_a_table_in_parts_is_streamed_into_the_same_bytes_however_it_was_cut(tmp_path):
+    n = store.ROW_GROUP_ROWS * 2 + 123
+    frame = pl.DataFrame({"id": [f"p{i}" for i in range(n)], "x": list(range(n)),
+                          "meta": [None if i % 7 else {"k": i} for i in range(n)]})
+    digests = set()
+    for name, cuts in {"one": [0, n], "many": [0, 1, 5, store.ROW_GROUP_ROWS, store.ROW_GROUP_ROWS + 1, n - 3, n],
+                       "with_empty": [0, 0, 1000, n]}.items():
+        def compute(cuts=cuts, name=name) -> store.StageResult:
+            stats = store.StageStats(rows_in=n, kept=n, rejected=0)
+            return store.StageResult(kept=_parts(tmp_path / name, frame, cuts),
+                                     rejected=_parts(tmp_path / f"{name}-rej", frame.clear(), [0, 0]), stats=stats)
+
+        store.run_stage(tmp_path / name, "dedup", config={}, inputs={}, compute=compute)
+        out = tmp_path / name / "dedup" / store.DATA
+        assert pl.read_parquet(out).equals(frame)
+        assert pl.read_parquet(tmp_path / name / "dedup" / store.REJECTED).schema == frame.schema
+        digests.add(store.file_hash(out))
+    assert len(digests) == 1
+
+
+def test_parts_that_disagree_with_the_table_fail_naming_the_part_and_keep_no_output(tmp_path):
+    frame = pl.DataFrame({"id": ["a", "b"]})
+    good = _parts(tmp_path / "good", frame, [0, 2])
+    odd = tmp_path / "odd.parquet"
+    pl.DataFrame({"id": [1]}).write_parquet(odd)
+    with pytest.raises(ValueError, match="odd.parquet"):
+        store.run_stage(tmp_path, "dedup", config={}, inputs={},
+                        compute=lambda: store.StageResult(
+                            kept=store.Parts(files=(*good.files, odd), height=3), rejected=frame.clear(),
+                            stats=store.StageStats(rows_in=3, kept=3, rejected=0)))
+    with pytest.raises(ValueError, match="hold 2 rows, not the 5"):
+        store.run_stage(tmp_path, "dedup", config={}, inputs={},
+                        compute=lambda: store.StageResult(kept=store.Parts(files=good.files, height=5),
+                                                          rejected=frame.clear(),
+                                                          stats=store.StageStats(rows_in=5, kept=5, rejected=0)))
+    assert not (tmp_path / "dedup" / store.MANIFEST).exists()
+    assert not (tmp_path / "dedup" / store.DATA).exists()
+    assert not [p for p in (tmp_path / "dedup").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_shard_reads_its_rows_of_an_input_without_the_rest(tmp_path):
+    path = tmp_path / "in.parquet"
+    pl.DataFrame({"id": [str(i) for i in range(1000)], "x": list(range(1000))}).write_parquet(path, row_group_size=100)
+    assert store.row_count(path) == 1000
+    rows = store.read_rows(path, 250, 260, ["x"])
+    assert rows.columns == ["x"] and rows["x"].to_list() == list(range(250, 260))
+    assert store.read_rows(path, 990, 1200)["x"].to_list() == list(range(990, 1000))
+    assert store.read_rows(path, 5, 5).height == 0
