@@ -6,12 +6,19 @@ held-out problems are held out by text, not only by id); then a problem already 
 earlier version of the dataset is `in_earlier_version`; then exact
 copies (normalized text) and near-duplicates (MinHash LSH, transitive clusters) keep their
 first row. Each rejected row names the row it duplicates (`dup_of`) and the estimated Jaccard.
+
+The stage runs in phases, each a function of files to files that either engine runs as tasks,
+so that no process holds the whole corpus: (a) per row shard, signatures and sorted partition
+records (`dedup_shards`; earlier versions likewise, `dedup_earlier`); (b) per partition,
+candidate pairs checked by Jaccard (`dedup_partitions`); (c) once, verdicts over the
+duplicates only (`dedup_verdicts`); (d) per row shard, its kept and rejected rows (`shard_outputs`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,13 +27,20 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from curation import dedup_shards, minhash, sources
-from curation.dedup_index import VersionIndex, open_index
+from curation import (
+    dedup_earlier,
+    dedup_partitions,
+    dedup_shards,
+    dedup_verdicts,
+    minhash,
+    sources,
+)
+from curation.dedup_index import LocalIndex, VersionIndex, open_index
 from curation.dedup_shards import exact_keys
 from curation.sources import procedural
 from machinery import shards, store
 from machinery.config import DedupConfig, HubSource, ProceduralSource
-from machinery.execution import Executor
+from machinery.execution import Executor, LocalExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -140,24 +154,30 @@ def contamination(train: list[str], bench: list[str], *, n: int = 13, max_df: in
 
 def leaks_from_hits(hits: np.ndarray, bench_h: np.ndarray, bench_owner: np.ndarray, train: list[str], *, n: int,
                     max_df: int) -> dict[int, tuple[int, str]]:
-    """`contamination` from the (n-gram, training row) pairs that hit the benchmark index, gathered from shards.
-
-    For each training row, its smallest non-boilerplate n-gram hash and the first benchmark
-    text holding it: the same whatever the shards.
-    """
+    """`contamination` from the (n-gram, training row) pairs that hit the benchmark index."""
     if len(hits) == 0:
         return {}
-    pairs = np.unique(hits, axis=0)
-    grams, df = np.unique(pairs[:, 0], return_counts=True)
-    boilerplate = grams[df > max_df]
-    pairs = pairs[~np.isin(pairs[:, 0], boilerplate)]
+    grams, df = np.unique(np.unique(hits, axis=0)[:, 0], return_counts=True)
+    return ngram_leaks(hits, grams[df > max_df], bench_h, bench_owner, train, n=n)
+
+
+def ngram_leaks(hits: np.ndarray, boilerplate: np.ndarray, bench_h: np.ndarray, bench_owner: np.ndarray,
+                texts: list[str], *, n: int, offset: int = 0) -> dict[int, tuple[int, str]]:
+    """{row: (benchmark item, n-gram text)} of rows (texts[row - offset]) with a non-boilerplate hit.
+
+    A row's evidence is its smallest n-gram hash and the first benchmark text holding it:
+    the same whatever the shards.
+    """
+    hits = hits[~np.isin(hits[:, 0], boilerplate)] if len(hits) else hits
+    if len(hits) == 0:
+        return {}
+    order = np.lexsort((hits[:, 0], hits[:, 1]))  # by row, then n-gram hash
+    rows, grams = hits[order, 1], hits[order, 0]
+    first = np.concatenate(([True], rows[1:] != rows[:-1]))
     found: dict[int, tuple[int, str]] = {}
-    for gram, doc in pairs:
-        doc = int(doc)
-        if doc in found:
-            continue
+    for row, gram in zip(rows[first].tolist(), grams[first]):
         bench_idx = int(bench_owner[np.searchsorted(bench_h, gram)])
-        found[doc] = (bench_idx, _find_gram(minhash.normalize(train[doc]).split(" "), gram, n))
+        found[row] = (bench_idx, _find_gram(minhash.normalize(texts[row - offset]).split(" "), gram, n))
     return found
 
 
@@ -167,20 +187,6 @@ def _find_gram(words: list[str], gram: np.uint64, n: int) -> str:
     windows, _ = minhash.window_hashes(hashes, lengths, n, short=False, wide=True)
     position = int(np.flatnonzero(windows == gram)[0])
     return " ".join(words[position : position + n])
-
-
-def _reject(frame: pl.DataFrame, rows: list[int], reason: DedupReason, dup_of: list[str], jaccard: list[float],
-            detail: list[str], evidence: dict[str, list[str | None]] | None = None) -> pl.DataFrame:
-    """Rejected rows of frame with reason, the row they duplicate, Jaccard and detail.
-
-    `evidence` fills EVIDENCE_COLUMNS (contamination: which benchmark, which of its rows,
-    the shared n-gram); other reasons leave them empty.
-    """
-    evidence = evidence or {}
-    return frame[rows].with_columns(
-        reject_reason=pl.lit(str(reason)), reject_detail=pl.Series(detail, dtype=pl.String),
-        dup_of=pl.Series(dup_of, dtype=pl.String), jaccard=pl.Series(jaccard, dtype=pl.Float64),
-        **{name: pl.Series(evidence.get(name, [None] * len(rows)), dtype=pl.String) for name in EVIDENCE_COLUMNS})
 
 
 def eval_set_name(source: HubSource | ProceduralSource) -> str:
@@ -228,138 +234,279 @@ class DedupOutput:
     signatures: np.ndarray
 
 
+@dataclass(frozen=True, kw_only=True)
+class Bench:
+    """The eval sets as every task needs them: a few thousand items, sent to the tasks once."""
+
+    names: list[str]  # "source:source_id", what a contaminated row's dup_of says
+    sources: list[str]
+    source_ids: list[str]
+    texts: list[str]
+    sigs: np.ndarray
+    grams: np.ndarray  # sorted word n-gram hashes of the items whose n-grams count
+    owner: np.ndarray  # the item each of `grams` came from
+    first: dict[str, int]  # exact key -> first item with that normalized text
+
+
+def bench_tables(bench: pl.DataFrame, params: Params, ngram: int) -> Bench:
+    """Signatures, n-gram index and exact keys of the eval sets."""
+    texts = bench["problem"].to_list()
+    by_ngram = (np.flatnonzero(bench["ngrams"].to_numpy()) if "ngrams" in bench.columns
+                else np.arange(bench.height))  # a bench without the column: benchmarks, as before
+    grams, owner = _ngram_index([texts[i] for i in by_ngram], ngram)
+    first: dict[str, int] = {}
+    for b, key in enumerate(exact_keys(texts)):
+        first.setdefault(key, b)
+    return Bench(names=[f"{s}:{i}" for s, i in bench.select("source", "source_id").iter_rows()],
+                 sources=bench["source"].to_list(), source_ids=bench["source_id"].to_list(), texts=texts,
+                 sigs=minhash.signatures(texts, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed),
+                 grams=grams, owner=by_ngram[owner] if len(owner) else owner, first=first)
+
+
+def _earlier_matches(item: tuple[str, int], *, folder: Path, kept: shards.Shards, index: VersionIndex,
+                     params: Params) -> shards.ShardOutput:
+    """One row shard's rows that an earlier version holds: (doc, id there, Jaccard, version)."""
+    label, start = item
+    keys = kept.table(label, "keys", ["key"])["key"].to_list()
+    matches = index.match(keys, np.asarray(dedup_verdicts.signatures_of(folder, label)), params)
+    found = [(start + r, *m) for r, m in enumerate(matches) if m is not None]
+    return shards.ShardOutput(tables={"earlier": pl.DataFrame(
+        found, orient="row", schema={"doc": pl.UInt64, "dup_of": pl.String, "jaccard": pl.Float64,
+                                     "version": pl.String})})
+
+
+def _leaks(label: str, start: int, texts: list[str], sigs: np.ndarray, *, layout: dedup_verdicts.Layout,
+           resolved: str, bench: Bench, ngram: int) -> dict[int, Leak]:
+    """A shard's contaminated rows (offsets in the shard): n-gram leak, else same text, else MinHash match."""
+    table = layout.shards.table(label, "hits")
+    hits = np.stack([table["gram"].to_numpy(), table["row"].to_numpy()], axis=1).astype(np.uint64)
+    boiler = layout.shards.table(resolved, "boilerplate")["gram"].to_numpy()
+    leaks = {row - start: Leak(b, f"shares the {ngram}-gram '{gram}'",
+                               float((sigs[row - start] == bench.sigs[b]).mean()), gram)
+             for row, (b, gram) in ngram_leaks(hits, boiler, bench.grams, bench.owner, texts, n=ngram,
+                                               offset=start).items()}
+    for r, b in enumerate(layout.shards.table(label, "keys", ["bench"])["bench"].to_list()):
+        if b >= 0:
+            leaks.setdefault(r, Leak(b, "same text after normalization", 1.0, None))
+    matches = layout.shards.table(resolved, f"{label}.bench").unique("doc", keep="first", maintain_order=True)
+    for doc, b, j in matches.iter_rows():
+        leaks.setdefault(doc - start, Leak(b, f"MinHash near-duplicate (Jaccard {j:.2f})", j, None))
+    return leaks
+
+
+def _contamination_counts(leaks: dict[int, Leak], ids: list[str], texts: list[str], bench: Bench) -> dict:
+    """What the stats say of a shard's contaminated rows: per eval set, every hit, the first examples."""
+    by: dict[str, int] = {}
+    hits, examples = [], {}
+    for r in sorted(leaks):
+        leak, source = leaks[r], bench.sources[leaks[r].bench]
+        by[source] = by.get(source, 0) + 1
+        hits.append({"id": ids[r], "benchmark_item": bench.names[leak.bench], "how": leak.how})
+        shown = examples.setdefault(source, [])
+        if len(shown) < EXAMPLES_PER_BENCHMARK:
+            shown.append({"id": ids[r], "problem": texts[r][:EXAMPLE_CHARS],
+                          "benchmark_id": bench.source_ids[leak.bench],
+                          "benchmark_problem": bench.texts[leak.bench][:EXAMPLE_CHARS],
+                          "evidence": leak.how, "jaccard": f"{leak.jaccard:.2f}"})
+    return {"contaminated_by": by, "hits": hits, "examples": examples}
+
+
+def shard_outputs(item: tuple[str, int, int], *, layout: dedup_verdicts.Layout, resolved: str, bench: Bench,
+                  ngram: int) -> shards.ShardOutput:
+    """Phase (d): one row shard's kept and rejected rows, in row order, from its verdicts."""
+    label, start, stop = item
+    rows = store.read_rows(layout.source, start, stop)
+    texts, ids = rows["problem"].to_list(), rows["id"].to_list()
+    leaks = _leaks(label, start, texts, dedup_verdicts.signatures_of(layout.folder, label), layout=layout,
+                   resolved=resolved, bench=bench, ngram=ngram)
+    n = len(texts)
+    columns: dict[str, list] = {c: [None] * n for c in ("reject_reason", "reject_detail", "dup_of", "jaccard",
+                                                        *EVIDENCE_COLUMNS)}
+
+    def mark(r: int, reason: DedupReason, detail: str, dup_of: str, jaccard: float, **evidence: str | None) -> None:
+        if columns["reject_reason"][r] is None:  # the first rule that applies wins
+            for name, value in (("reject_reason", str(reason)), ("reject_detail", detail), ("dup_of", dup_of),
+                                ("jaccard", jaccard), *evidence.items()):
+                columns[name][r] = value
+
+    for r, leak in leaks.items():
+        mark(r, DedupReason.CONTAMINATED, leak.how, bench.names[leak.bench], leak.jaccard,
+             benchmark=bench.sources[leak.bench], benchmark_id=bench.source_ids[leak.bench], matched_ngram=leak.gram)
+    for doc, dup_of, j, version in layout.shards.table(resolved, f"{label}.earlier").iter_rows():
+        mark(doc - start, DedupReason.IN_EARLIER_VERSION, f"already in version {version}", dup_of, j)
+    for doc, reason, dup_of, j in layout.shards.table(resolved, f"{label}.dups").iter_rows():
+        detail = "same text after normalization" if reason == DedupReason.EXACT_DUPLICATE else \
+            f"MinHash cluster of {dup_of}"
+        mark(doc - start, DedupReason(reason), detail, dup_of, j)
+    flags = [r is not None for r in columns["reject_reason"]]
+    rejected_at = pl.Series(flags, dtype=pl.Boolean)
+    kept = rows.filter(~rejected_at)
+    picked = [r for r in range(n) if flags[r]]
+    rejected = rows.filter(rejected_at).with_columns(
+        **{name: pl.Series(name, [columns[name][r] for r in picked],
+                           dtype=pl.Float64 if name == "jaccard" else pl.String) for name in columns})
+    reasons = rejected["reject_reason"].value_counts().iter_rows() if rejected.height else []
+    return shards.ShardOutput(
+        tables={"kept": kept, "rejected": rejected,
+                "kept_at": pl.DataFrame({"offset": [r for r in range(n) if not flags[r]]},
+                                        schema={"offset": pl.UInt32})},
+        counts={"kept": kept.height, "rejected": rejected.height, "reasons": dict(reasons),
+                **_contamination_counts(leaks, ids, texts, bench)})
+
+
+def _stats(plan: shards.Plan, labels: list[str], n: int, bench: pl.DataFrame, params: Params,
+           earlier: VersionIndex) -> DedupStats:
+    """The stage's stats from the shards' counts: sums, and the first examples in row order."""
+    stats = DedupStats(rows_in=n, kept=0, rejected=0, bands=params.bands, rows_per_band=params.rows,
+                       threshold=params.threshold, earlier_versions=earlier.versions())
+    for source, count in bench.group_by("source", maintain_order=True).len().iter_rows():
+        stats.eval_items[source] = count
+    for label in labels:
+        counts = plan.shards.counts(label)
+        stats.kept += counts["kept"]
+        stats.rejected += counts["rejected"]
+        for into, got in ((stats.reasons, counts["reasons"]), (stats.contaminated_by, counts["contaminated_by"])):
+            for key, value in got.items():
+                into[key] = into.get(key, 0) + value
+        stats.hits += counts["hits"]
+        for source, shown in counts["examples"].items():
+            have = stats.contamination_examples.setdefault(source, [])
+            have += shown[: EXAMPLES_PER_BENCHMARK - len(have)]
+    stats.reasons = dict(sorted(stats.reasons.items()))
+    stats.clusters = stats.kept  # every cluster of the rows left after the exact step keeps one row
+    return stats
+
+
+def _hash_earlier(plan: shards.Plan, entries: list[tuple[str, Path]], n: int, hashing: dedup_shards.Hashing
+                  ) -> tuple[list[str], np.ndarray, list[str]]:
+    """The earlier versions' rows as docs n.. in the phases' layout: (shard labels, doc bounds, version per shard)."""
+    items, bounds, versions = [], [n], []
+    for version, path in entries:
+        for lo, hi in shards.row_ranges(store.row_count(path), plan.shard_rows):
+            if hi > lo:
+                label = f"earlier-{len(items):05d}-{shards.rows_label(version, lo, hi)}"
+                items.append((label, (label, path, lo, hi, bounds[-1])))
+                bounds.append(bounds[-1] + hi - lo)
+                versions.append(version)
+    labels = plan.run(dedup_earlier.hash_earlier, items, name=dedup_earlier.EARLIER_ROWS,
+                      shared={"folder": plan.folder, "hashing": hashing})
+    return labels, np.asarray(bounds, dtype=np.int64), versions
+
+
+@dataclass(frozen=True, kw_only=True)
+class Phases:
+    """What the phases left: the stage result, and the row shards' labels (phases a and d)."""
+
+    result: store.StageResult
+    hashed: list[str]
+    outputs: list[str]
+
+
+def run_phases(source: Path, n: int, bench: pl.DataFrame, params: Params, earlier: VersionIndex, *,
+               ngram: int = 13, max_df: int = 10, plan: shards.Plan) -> Phases:
+    """The dedup stage on the `n` rows of the parquet file `source`, in phases (a)-(d) run by `plan`.
+
+    The driver sends shard descriptions and reads back labels and counts: no text, key or
+    signature of the corpus passes through it.
+    """
+    started = time.time()
+    folder = plan.folder
+    tables = bench_tables(bench, params, ngram)
+    entries = earlier.entries() if isinstance(earlier, LocalIndex) else None
+    old_rows = sum(store.row_count(path) for _, path in entries or [])
+    partitions = dedup_shards.partition_count(n + old_rows, params.bands)
+    hashing = dedup_shards.Hashing(shingle=params.shingle, num_perm=params.num_perm, seed=params.seed,
+                                   bands=params.bands, rows=params.rows, ngram=ngram,
+                                   bench_grams=np.unique(tables.grams), bench_first=tables.first,
+                                   partitions=partitions)
+    cut = plan.rows("dedup", n)
+    labels = plan.run(dedup_shards.hash_shard, [(label, (label, lo, hi)) for label, (lo, hi) in cut],
+                      name=dedup_shards.SIGNATURES, shared={"source": source, "folder": folder, "hashing": hashing})
+    starts = np.asarray([lo for _, (lo, _) in cut] + [n], dtype=np.int64)
+    old = _hash_earlier(plan, entries, n, hashing) if entries is not None else None
+    asked = []
+    if old is None and earlier.versions():  # asked here, shard by shard (a Redis connection stays in this process)
+        asked = shards.run(LocalExecutor(), plan.shards, _earlier_matches,
+                           [(f"{label}-earlier", (label, lo)) for label, (lo, _) in cut], name=dedup_verdicts.EARLIER,
+                           shared={"folder": folder, "kept": plan.shards, "index": earlier, "params": params},
+                           report=plan.report)
+    old_labels, old_starts, old_versions = old or ([], np.asarray([n], dtype=np.int64), [])
+    bench_records = dedup_shards.records(minhash.band_keys(tables.sigs, params.bands, params.rows),
+                                         np.zeros(len(tables.texts), dtype=np.uint64), int(old_starts[-1]))
+    parts = plan.run(dedup_partitions.partition_task,
+                     [(f"dedup-part-{p:05d}-of-{partitions:05d}", p) for p in range(partitions)],
+                     name=dedup_partitions.PARTITIONS,
+                     shared={"folder": folder, "labels": labels + old_labels,
+                             "starts": np.concatenate([starts[:-1], old_starts]), "n_docs": n, "bands": params.bands,
+                             "partitions": partitions, "threshold": params.threshold,
+                             "bench_records": bench_records[bench_records["band"] < params.bands],
+                             "bench_sigs": tables.sigs})
+    layout = dedup_verdicts.Layout(source=source, folder=folder, shards=plan.shards, labels=labels, starts=starts,
+                                   partitions=parts, asked=asked, old_labels=old_labels, old_starts=old_starts,
+                                   old_versions=old_versions)
+    resolved = plan.run(dedup_verdicts.resolve, [(f"dedup-verdicts-{plan.shard_rows}", None)],
+                        name=dedup_verdicts.COMPONENTS,
+                        shared={"layout": layout, "threshold": params.threshold, "max_df": max_df})[0]
+    outputs = plan.run(shard_outputs,
+                       [(shards.rows_label("dedup-out", lo, hi), (label, lo, hi)) for label, (lo, hi) in cut],
+                       name=dedup_verdicts.OUTPUTS,
+                       shared={"layout": layout, "resolved": resolved, "bench": tables, "ngram": ngram})
+    stats = _stats(plan, outputs, n, bench, params, earlier)
+    stats.seconds = round(time.time() - started, 3)
+    result = store.StageResult(kept=store.Parts(files=tuple(plan.path(o, "kept") for o in outputs), height=stats.kept),
+                               rejected=store.Parts(files=tuple(plan.path(o, "rejected") for o in outputs),
+                                                    height=stats.rejected),
+                               stats=stats)
+    return Phases(result=result, hashed=labels, outputs=outputs)
+
+
+def kept_entries(plan: shards.Plan, phases: Phases) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+    """(ids, exact keys, signatures) of the kept rows, shard by shard: what the version index records."""
+    for hashed, output in zip(phases.hashed, phases.outputs):
+        at = plan.shards.table(output, "kept_at")["offset"].to_numpy().astype(np.int64)
+        keys = plan.shards.table(hashed, "keys", ["key"])["key"].to_list()
+        sigs = dedup_verdicts.signatures_of(plan.folder, hashed)
+        yield (plan.shards.table(output, "kept", ["id"])["id"].to_list(), [keys[i] for i in at],
+               np.ascontiguousarray(sigs[at]))
+
+
 def dedup(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: VersionIndex,
           *, ngram: int = 13, max_df: int = 10, plan: shards.Plan | None = None) -> DedupOutput:
     """Split problems into kept and rejected (contaminated, in earlier versions, duplicates).
 
-    `plan` says where the per-row work runs (row shards, LSH bands, components); by default
-    here, with shards in memory. The result is the same wherever it runs.
+    The stage's phases on a frame: it is written to the plan's shard folder (a scratch one
+    unless `plan` keeps its shards in a folder) and read back. The result is the same wherever it runs.
     """
-    started = time.time()
-    plan = plan or shards.in_memory()
-    texts = problems["problem"].to_list()
-    bench_texts = bench["problem"].to_list()
-    by_ngram = (np.flatnonzero(bench["ngrams"].to_numpy()) if "ngrams" in bench.columns
-                else np.arange(bench.height))  # a bench without the column: benchmarks, as before
-    bench_h, owner = _ngram_index([bench_texts[i] for i in by_ngram], ngram)
-    bench_owner = by_ngram[owner] if len(owner) else owner
-    hashing = dedup_shards.Hashing(shingle=params.shingle, num_perm=params.num_perm, seed=params.seed,
-                                   bands=params.bands, rows=params.rows, ngram=ngram, bench_grams=np.unique(bench_h))
-    labels = dedup_shards.hash_rows(plan, texts, hashing)
-    keys, sigs, hits = dedup_shards.gathered(plan, labels, params.num_perm)
-    ids = problems["id"].to_list()
-    rejected_parts: list[pl.DataFrame] = []
-    alive = np.ones(len(texts), dtype=bool)
-    stats = DedupStats(rows_in=len(texts), kept=0, rejected=0, bands=params.bands, rows_per_band=params.rows,
-                       threshold=params.threshold, earlier_versions=earlier.versions())
-    for source, count in bench.group_by("source", maintain_order=True).len().iter_rows():
-        stats.eval_items[source] = count
-
-    # 1. Eval-set leakage: a shared n-gram (benchmarks), the same text, or a MinHash near-duplicate.
-    if bench.height:
-        bench_names = [f"{s}:{i}" for s, i in bench.select("source", "source_id").iter_rows()]
-        bench_sigs = minhash.signatures(bench_texts, shingle=params.shingle, num_perm=params.num_perm,
-                                        seed=params.seed)
-        leaks = {doc: Leak(b, f"shares the {ngram}-gram '{gram}'", float((sigs[doc] == bench_sigs[b]).mean()), gram)
-                 for doc, (b, gram) in leaks_from_hits(hits, bench_h, bench_owner, texts, n=ngram,
-                                                       max_df=max_df).items()}
-        first_of: dict[str, int] = {}
-        for b, key in enumerate(exact_keys(bench_texts)):
-            first_of.setdefault(key, b)
-        for doc in (d for d, key in enumerate(keys) if key in first_of):
-            leaks.setdefault(doc, Leak(first_of[keys[doc]], "same text after normalization", 1.0, None))
-        for doc, b, j in _bench_matches(plan, labels, sigs, bench_sigs, params):
-            leaks.setdefault(doc, Leak(b, f"MinHash near-duplicate (Jaccard {j:.2f})", j, None))
-        rows = sorted(leaks)
-        sources, source_ids = bench["source"].to_list(), bench["source_id"].to_list()
-        evidence = {"benchmark": [sources[leaks[r].bench] for r in rows],
-                    "benchmark_id": [source_ids[leaks[r].bench] for r in rows],
-                    "matched_ngram": [leaks[r].gram for r in rows]}
-        rejected_parts.append(_reject(problems, rows, DedupReason.CONTAMINATED,
-                                      [bench_names[leaks[r].bench] for r in rows], [leaks[r].jaccard for r in rows],
-                                      [leaks[r].how for r in rows], evidence))
-        for r in rows:
-            leak, source = leaks[r], sources[leaks[r].bench]
-            stats.contaminated_by[source] = stats.contaminated_by.get(source, 0) + 1
-            stats.hits.append({"id": ids[r], "benchmark_item": bench_names[leak.bench], "how": leak.how})
-            shown = stats.contamination_examples.setdefault(source, [])
-            if len(shown) < EXAMPLES_PER_BENCHMARK:
-                shown.append({"id": ids[r], "problem": texts[r][:EXAMPLE_CHARS],
-                              "benchmark_id": source_ids[leak.bench],
-                              "benchmark_problem": bench_texts[leak.bench][:EXAMPLE_CHARS],
-                              "evidence": leak.how, "jaccard": f"{leak.jaccard:.2f}"})
-        alive[rows] = False
-
-    # 2. Rows already in an earlier version of this dataset (exact or near).
-    matches = earlier.match([keys[i] for i in np.flatnonzero(alive)], sigs[alive], params)
-    rows = [int(i) for i, m in zip(np.flatnonzero(alive), matches) if m is not None]
-    found = [m for m in matches if m is not None]
-    rejected_parts.append(_reject(problems, rows, DedupReason.IN_EARLIER_VERSION, [f[0] for f in found],
-                                  [f[1] for f in found], [f"already in version {f[2]}" for f in found]))
-    alive[rows] = False
-
-    # 3. Exact, then near-duplicates within this version; the first row of a cluster stays.
-    live = np.flatnonzero(alive)
-    first_of: dict[str, int] = {}
-    exact = [(int(i), first_of.setdefault(keys[i], int(i))) for i in live]
-    dupes = [(i, f) for i, f in exact if i != f]
-    rejected_parts.append(_reject(problems, [i for i, _ in dupes], DedupReason.EXACT_DUPLICATE,
-                                  [ids[f] for _, f in dupes], [1.0] * len(dupes),
-                                  ["same text after normalization"] * len(dupes)))
-    alive[[i for i, _ in dupes]] = False
-    live = np.flatnonzero(alive)
-    pairs = dedup_shards.candidate_pairs(plan, labels, params.bands, keep=alive)  # numbered within `live`
-    pairs = pairs[_jaccard(sigs, live[pairs[:, 0]], live[pairs[:, 1]]) >= params.threshold]
-    rep = live[dedup_shards.components(plan, len(live), pairs)]
-    near = [(int(i), int(r)) for i, r in zip(live, rep) if i != r]
-    near_j = _jaccard(sigs, np.asarray([i for i, _ in near], dtype=np.int64),
-                      np.asarray([r for _, r in near], dtype=np.int64)).tolist()
-    rejected_parts.append(_reject(problems, [i for i, _ in near], DedupReason.NEAR_DUPLICATE,
-                                  [ids[r] for _, r in near], near_j,
-                                  [f"MinHash cluster of {ids[r]}" for _, r in near]))
-    alive[[i for i, _ in near]] = False
-    stats.clusters = int(len(np.unique(rep)))
-
-    kept = problems.filter(pl.Series(alive))
-    rejected = pl.concat(rejected_parts, how="vertical")
-    stats.kept, stats.rejected = kept.height, rejected.height
-    stats.reasons = store.reason_counts(rejected)
-    stats.seconds = round(time.time() - started, 3)
-    return DedupOutput(result=store.StageResult(kept=kept, rejected=rejected, stats=stats),
-                       keys=[k for k, a in zip(keys, alive) if a], signatures=sigs[alive])
+    if plan is not None and isinstance(plan.shards, shards.FolderShards):
+        return _dedup_in(problems, bench, params, earlier, ngram=ngram, max_df=max_df, plan=plan)
+    with shards.scratch_plan(shard_rows=plan.shard_rows if plan else shards.DEFAULT_SHARD_ROWS,
+                             executor=plan.executor if plan else None) as scratch:
+        return _dedup_in(problems, bench, params, earlier, ngram=ngram, max_df=max_df, plan=scratch)
 
 
-def _jaccard(sigs: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard of rows left[k] and right[k]: the share of equal signature values."""
-    if len(left) == 0:
-        return np.empty(0)
-    return (sigs[left] == sigs[right]).mean(axis=1)
-
-
-def _bench_matches(plan: shards.Plan, labels: list[str], sigs: np.ndarray, bench_sigs: np.ndarray, params: Params
-                   ) -> list[tuple[int, int, float]]:
-    """`minhash.cross_matches(sigs, bench_sigs, ...)` with the banding done by the executor."""
-    n = len(sigs)
-    if n == 0 or len(bench_sigs) == 0:
-        return []
-    pairs = dedup_shards.candidate_pairs(plan, labels, params.bands,
-                                         extra=minhash.band_keys(bench_sigs, params.bands, params.rows))
-    pairs = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]
-    scores = (sigs[pairs[:, 0]] == bench_sigs[pairs[:, 1] - n]).mean(axis=1) if len(pairs) else np.empty(0)
-    keep = scores >= params.threshold
-    return [(int(i), int(j) - n, float(s)) for (i, j), s in zip(pairs[keep], scores[keep])]
+def _dedup_in(problems: pl.DataFrame, bench: pl.DataFrame, params: Params, earlier: VersionIndex, *, ngram: int,
+              max_df: int, plan: shards.Plan) -> DedupOutput:
+    source = plan.folder / "input.parquet"
+    store.write_parquet(problems, source)
+    phases = run_phases(source, problems.height, bench, params, earlier, ngram=ngram, max_df=max_df, plan=plan)
+    entries = list(kept_entries(plan, phases))
+    result = phases.result
+    kept, rejected = (pl.concat([pl.read_parquet(f) for f in parts.files]) for parts in (result.kept, result.rejected))
+    return DedupOutput(result=store.StageResult(kept=kept, rejected=rejected, stats=result.stats),
+                       keys=[k for _, keys, _ in entries for k in keys],
+                       signatures=np.concatenate([s for _, _, s in entries]) if entries else
+                       np.empty((0, params.num_perm), dtype=np.uint32))
 
 
 def run(run_dir: Path, config: DedupConfig, *, force: bool = False, executor: Executor | None = None,
         shard_rows: int = shards.DEFAULT_SHARD_ROWS) -> store.Manifest:
     """Run the dedup stage on the pull output of `run_dir`; record kept rows in the version index.
 
-    `executor` runs the per-row work (signatures per row shard, LSH bands, components) here or
-    on a Ray cluster; finished row shards survive a killed run.
+    `executor` runs the phases' tasks here or on a Ray cluster; finished tasks of every phase
+    survive a killed run.
     """
     params = Params.from_config(config)
     pulled = store.finished(run_dir, INPUT_STAGE)
-    problems = pulled.read()
     index = open_index(config, run_dir, params)
     inputs = {INPUT_STAGE: pulled.hash(), **index.fingerprint()}
     for source in config.eval_sets:  # benchmark files are inputs too: a changed file recomputes
@@ -369,17 +516,23 @@ def run(run_dir: Path, config: DedupConfig, *, force: bool = False, executor: Ex
     stage_config = {**config.model_dump(mode="json"), "bands": params.bands, "rows": params.rows}
 
     def compute(plan: shards.Plan) -> store.StageResult:
-        output = dedup(problems, load_eval_sets(config.eval_sets), params, index, ngram=config.ngram,
-                       max_df=config.max_ngram_df, plan=plan)
+        phases = run_phases(pulled.path(), pulled.row_count(), load_eval_sets(config.eval_sets), params, index,
+                            ngram=config.ngram, max_df=config.max_ngram_df, plan=plan)
         # Safe before the manifest: a version never counts as earlier than itself.
-        index.add(output.result.kept["id"].to_list(), output.keys, output.signatures)
-        return output.result
+        index.add_chunks(kept_entries(plan, phases))
+        return phases.result
 
     manifest = shards.run_stage(run_dir, STAGE, config=stage_config, inputs=inputs, compute=compute,
                                 executor=executor, shard_rows=shard_rows, force=force)
-    if not index.has_current():  # skipped stage whose index entry was lost: rebuild it
-        kept = store.finished(run_dir, STAGE).read()
-        texts = kept["problem"].to_list()
-        index.add(kept["id"].to_list(), exact_keys(texts),
-                  minhash.signatures(texts, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed))
+    if not index.has_current():  # skipped stage whose index entry was lost: rebuild it, a shard at a time
+        index.add_chunks(_entries_of(store.finished(run_dir, STAGE).path(), params, shard_rows))
     return manifest
+
+
+def _entries_of(path: Path, params: Params, shard_rows: int) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+    """(ids, exact keys, signatures) of a finished output's rows, shard by shard."""
+    for start, stop in shards.row_ranges(store.row_count(path), shard_rows):
+        kept = store.read_rows(path, start, stop, ["id", "problem"])
+        texts = kept["problem"].to_list()
+        yield (kept["id"].to_list(), exact_keys(texts),
+               minhash.signatures(texts, shingle=params.shingle, num_perm=params.num_perm, seed=params.seed))

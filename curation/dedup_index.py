@@ -1,7 +1,8 @@
 """The dedup index of a dataset's versions, so a refresh keeps only rows new to all of them.
 
 `LocalIndex` keeps one parquet file per version in `runs/<dataset>/dedup-index/` (ids,
-exact keys, MinHash signatures) and bands earlier and new signatures together in NumPy.
+exact keys, MinHash signatures); the dedup stage reads them shard by shard into its own
+partitions (`curation.dedup_earlier`), so matching them is the same LSH rule as within a version.
 `RedisIndex` keeps the same facts in Redis, the LSH buckets through datasketch's
 `MinHashLSH(storage_config={"type": "redis", ...}, prepickle=False)`, for several machines
 sharing one index. Its keys are plain bytes: nothing read from Redis is ever unpickled, so
@@ -15,14 +16,15 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from curation import minhash
 from machinery import redact, store
 
 if TYPE_CHECKING:
@@ -38,24 +40,41 @@ def version_order(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _fingerprint(ids: list[str], sigs: np.ndarray) -> str:
-    """Content hash of a version's entry."""
-    digest = hashlib.sha256("\n".join(ids).encode())
-    digest.update(np.ascontiguousarray(sigs).tobytes())
-    return digest.hexdigest()
+class _Fingerprint:
+    """Content hash of a version's entry (ids, then signatures), given a shard at a time: the same however cut."""
+
+    def __init__(self) -> None:
+        self.ids = hashlib.sha256()
+        self.sigs = hashlib.sha256()
+        self.rows = 0
+
+    def update(self, ids: list[str], sigs: np.ndarray) -> None:
+        for row_id in ids:
+            self.ids.update(("\n" if self.rows else "").encode() + row_id.encode())
+            self.rows += 1
+        self.sigs.update(np.ascontiguousarray(sigs).tobytes())
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(self.ids.digest() + self.sigs.digest()).hexdigest()
 
 
 class VersionIndex(Protocol):
-    """What the dedup stage needs of an index of earlier versions."""
+    """What the dedup stage needs of an index of earlier versions.
+
+    It finds earlier rows one of two ways: `LocalIndex` gives its versions' files
+    (`entries()`), whose rows join the stage's partitions; another index (Redis) is asked
+    row shard by row shard through `match(keys, sigs, params) -> list[Match | None]`: for each
+    new row, the earlier row it duplicates (exact first, else the most similar), or None.
+    """
 
     def versions(self) -> list[str]:
         """The versions earlier than the current one."""
 
-    def match(self, keys: list[str], sigs: np.ndarray, params: Params) -> list[Match | None]:
-        """For each new row, the earlier row it duplicates (exact first, else best near), or None."""
-
     def add(self, ids: list[str], keys: list[str], sigs: np.ndarray) -> None:
         """Record the current version's kept rows."""
+
+    def add_chunks(self, chunks: Iterable[tuple[list[str], list[str], np.ndarray]]) -> None:
+        """Record the current version's kept rows, given a shard at a time (ids, keys, signatures)."""
 
     def has_current(self) -> bool:
         """Whether the current version is recorded."""
@@ -64,13 +83,12 @@ class VersionIndex(Protocol):
         """Content hashes of the earlier versions' entries (stage inputs)."""
 
 
-def _best_near(new_sigs: np.ndarray, old_sigs: np.ndarray, params: Params) -> dict[int, tuple[int, float]]:
-    """For each new row with an old row at >= threshold: the most similar (old row, Jaccard)."""
-    best: dict[int, tuple[int, float]] = {}
-    for new, old, score in minhash.cross_matches(new_sigs, old_sigs, params.bands, params.rows, params.threshold):
-        if score > best.get(new, (-1, -1.0))[1]:
-            best[new] = (old, score)
-    return best
+def _binary_rows(sigs: np.ndarray) -> pa.Array:
+    """Each signature row as one binary value, built on the array's bytes (no Python object per row)."""
+    data = np.ascontiguousarray(sigs, dtype=np.uint32)
+    width = data.shape[1] * 4 if data.ndim == 2 else 0
+    offsets = np.arange(len(data) + 1, dtype=np.int32) * width
+    return pa.Array.from_buffers(pa.binary(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
 
 
 class LocalIndex:
@@ -91,47 +109,53 @@ class LocalIndex:
         names = [p.name.removesuffix(".parquet") for p in self.folder.glob("*.parquet")]
         return sorted((n for n in names if version_order(n) < version_order(self.version)), key=version_order)
 
-    def _load(self) -> tuple[list[str], list[str], np.ndarray, list[str]]:
-        frames = []
+    def entries(self) -> list[tuple[str, Path]]:
+        """(version, parquet file) of each earlier version, oldest first, each checked to have our MinHash params.
+
+        The dedup stage reads them shard by shard (`dedup_earlier`): their rows take part in its
+        partitions beside the current rows, so no process holds a whole earlier version.
+        """
+        found = []
         for version in self.versions():
-            frame = pl.read_parquet(self._path(version))
-            meta = frame["params"][0] if frame.height else self._params_json()
-            if meta != self._params_json():
-                raise ValueError(f"{self._path(version)} was built with MinHash params {meta}, not "
-                                 f"{self._params_json()}; rebuild the index or keep num_perm/shingle")
-            frames.append(frame.with_columns(version=pl.lit(version)))
-        if not frames:
-            return [], [], np.empty((0, self.params.num_perm), np.uint32), []
-        frame = pl.concat(frames)
-        sigs = np.frombuffer(b"".join(frame["sig"].to_list()), dtype=np.uint32).reshape(frame.height, -1)
-        return frame["id"].to_list(), frame["key"].to_list(), sigs, frame["version"].to_list()
+            path = self._path(version)
+            meta = store.read_rows(path, 0, 1, ["params"])["params"].to_list()
+            if meta and meta[0] != self._params_json():
+                raise ValueError(f"{path} was built with MinHash params {meta[0]}, not {self._params_json()}; "
+                                 f"rebuild the index or keep num_perm/shingle")
+            found.append((version, path))
+        return found
 
     def _params_json(self) -> str:
         return json.dumps({"num_perm": self.params.num_perm, "shingle": self.params.shingle,
                            "seed": self.params.seed}, sort_keys=True)
 
-    def match(self, keys: list[str], sigs: np.ndarray, params: Params) -> list[Match | None]:
-        """Earlier rows that new rows duplicate."""
-        old_ids, old_keys, old_sigs, old_versions = self._load()
-        by_key = {k: i for i, k in reversed(list(enumerate(old_keys)))}
-        near = _best_near(sigs, old_sigs, params)
-        found: list[Match | None] = []
-        for row, key in enumerate(keys):
-            if key in by_key:
-                i = by_key[key]
-                found.append((old_ids[i], 1.0, old_versions[i]))
-            elif row in near:
-                i, score = near[row]
-                found.append((old_ids[i], score, old_versions[i]))
-            else:
-                found.append(None)
-        return found
-
     def add(self, ids: list[str], keys: list[str], sigs: np.ndarray) -> None:
         """Write the current version's entry atomically."""
-        frame = pl.DataFrame({"id": ids, "key": keys, "sig": [row.tobytes() for row in sigs]},
-                             schema={"id": pl.String, "key": pl.String, "sig": pl.Binary})
-        store.write_parquet(frame.with_columns(params=pl.lit(self._params_json())), self._path(self.version))
+        self.add_chunks([(ids, keys, sigs)])
+
+    def add_chunks(self, chunks: Iterable[tuple[list[str], list[str], np.ndarray]]) -> None:
+        """Write the current version's entry atomically, a shard at a time (row groups of fixed size).
+
+        Fixed row groups: the file's bytes, hence the next version's stage key, do not depend
+        on how the rows were cut into shards.
+        """
+        schema = pa.schema([("id", pa.string()), ("key", pa.string()), ("sig", pa.binary()), ("params", pa.string())])
+        meta = self._params_json()
+        path = self._path(self.version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid() % 10**8:08d}.tmp")  # a leftover `store.sweep` knows
+        with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=False) as writer:
+            pending = pa.Table.from_batches([], schema=schema)
+            for ids, keys, sigs in chunks:
+                chunk = pa.table({"id": pa.array(ids, pa.string()), "key": pa.array(keys, pa.string()),
+                                  "sig": _binary_rows(sigs), "params": pa.array([meta] * len(ids), pa.string())},
+                                 schema=schema)
+                pending = pa.concat_tables([pending, chunk])
+                while pending.num_rows >= store.ROW_GROUP_ROWS:
+                    writer.write_table(pending.slice(0, store.ROW_GROUP_ROWS).combine_chunks())
+                    pending = pending.slice(store.ROW_GROUP_ROWS)
+            writer.write_table(pending.combine_chunks())
+        os.replace(tmp, path)
 
     def has_current(self) -> bool:
         return self._path(self.version).is_file()
@@ -235,18 +259,25 @@ class RedisIndex:
 
     def add(self, ids: list[str], keys: list[str], sigs: np.ndarray) -> None:
         """Insert the current version's rows into the LSH and the hashes."""
+        self.add_chunks([(ids, keys, sigs)])
+
+    def add_chunks(self, chunks: Iterable[tuple[list[str], list[str], np.ndarray]]) -> None:
+        """Insert the current version's rows, a shard at a time; the version's fingerprint last."""
         self.redis.set(f"{self.base}:format", REDIS_FORMAT)
-        with self.lsh.insertion_session() as session:
-            for row_id, sig in zip(ids, sigs):
-                if row_id.encode() not in self.lsh:
-                    session.insert(row_id.encode(), self._lean(sig))
-        pipe = self.redis.pipeline()
-        for row_id, key, sig in zip(ids, keys, sigs):
-            pipe.hset(f"{self.base}:sig", row_id, sig.tobytes())
-            pipe.hset(f"{self.base}:version", row_id, self.version)
-            pipe.hsetnx(f"{self.base}:exact", key, row_id)
-        pipe.hset(f"{self.base}:fingerprints", self.version, _fingerprint(ids, sigs))
-        pipe.execute()
+        digest = _Fingerprint()
+        for ids, keys, sigs in chunks:
+            with self.lsh.insertion_session() as session:
+                for row_id, sig in zip(ids, sigs):
+                    if row_id.encode() not in self.lsh:
+                        session.insert(row_id.encode(), self._lean(sig))
+            pipe = self.redis.pipeline()
+            for row_id, key, sig in zip(ids, keys, sigs):
+                pipe.hset(f"{self.base}:sig", row_id, sig.tobytes())
+                pipe.hset(f"{self.base}:version", row_id, self.version)
+                pipe.hsetnx(f"{self.base}:exact", key, row_id)
+            pipe.execute()
+            digest.update(ids, sigs)
+        self.redis.hset(f"{self.base}:fingerprints", self.version, digest.hexdigest())
 
     def has_current(self) -> bool:
         """Whether the current version is recorded."""

@@ -148,7 +148,7 @@ def test_pull_and_dedup_of_gsm8k_train_on_ray_equal_the_local_run(cluster, tmp_p
     # the same index entry for the next version, whichever engine wrote it
     assert (tmp_path / "local" / "gsm8k" / "dedup-index" / "v1.parquet").read_bytes() == \
         (tmp_path / "ray" / "gsm8k" / "dedup-index" / "v1.parquet").read_bytes()
-    for work in ("dedup.signatures", "dedup.bands"):
+    for work in ("dedup.signatures", "dedup.partitions"):
         assert _eventually(lambda w=work: len(_nodes_of(w)), 2) == 2, f"{work} ran on one node"
 
 
