@@ -10,6 +10,12 @@ or a service are the filter's alone: near-identical traces of one problem are dr
 optional LLM judge (`filter.judge`) reads what is left, and at most `keep_per_problem` of
 the shortest stay (best-of-N). The stats carry the verifier's audit and two examples of
 every reject reason with their evidence, for the data card.
+
+No process holds the trace table: the work runs in phases over files (`curation.filter_phases`),
+the per-trace checks per row shard, the cross-row work per partition of problem ids
+(`hash(problem_id) % P`, about `PARTITION_TRACES` traces each), the kept and rejected rows per
+row shard again, and the pass rates per chunk of problems; this process passes file names and
+counts, and each phase's finished tasks survive a killed run.
 """
 
 from __future__ import annotations
@@ -18,13 +24,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import polars as pl
 
-from curation import answers, checks, minhash
+from curation import filter_phases as phases
 from curation.checks import FilterReason
-from curation.dedup import trace_clusters_of
 from curation.judge import Judge
 from curation.teacher.cache import RequestCache
 from machinery import shards, stats, store
@@ -36,8 +41,12 @@ logger = logging.getLogger(__name__)
 STAGE = "filter"
 INPUT_STAGES = ("generate", "dedup")
 JUDGE_CACHE = "judge.jsonl"
-CHECKS = "filter.checks"  # the per-trace checks of one row shard, as the executor names the work
-TRACE_SHINGLE, TRACE_PERM = 5, 128  # near-identical traces: MinHash as `dedup.trace_clusters` defaults
+# The work of each phase, as the executor names it (and Ray's task list shows it)
+CHECKS = "filter.checks"  # per row shard: the per-trace checks
+CROSS = "filter.problems"  # per partition of problem ids: pass rates, near-identical traces, judge, best-of-N
+WRITE = "filter.write"  # per row shard: kept and rejected rows
+RATES = "filter.pass_rates"  # per chunk of the dedup output: pass rates in its order
+PARTITION_TRACES = 250_000  # traces per partition of problem ids: what a phase-2 task holds at most, about
 
 
 @dataclass(kw_only=True)
@@ -53,189 +62,158 @@ class FilterStats(store.StageStats):
     judge: dict[str, float] = field(default_factory=dict)  # with filter.judge: its bill (`Judge.figures`)
 
 
-def check_rows(item: tuple[int, pl.DataFrame], *, config: FilterConfig, workers: int) -> shards.ShardOutput:
-    """One row shard's per-trace checks: tokens, truncation, then `checks.CHECKS`, and the survivors' signatures.
-
-    The CPU of the stage (step checker, math-verify in a pool of `workers` processes); what
-    comes after needs all traces at once and runs on the gathered result.
-    """
-    start, frame = item
-    tokens = [checks.token_count(t, r) for t, r in frame.select("completion", "completion_tokens").iter_rows()]
-    # Filter-only: Tunix's rewards and the eval see no finish reason, so truncation is not in `checks.CHECKS`.
-    verdicts: list[checks.Failure | None] = [
-        checks.Failure(FilterReason.TRUNCATED, "the teacher hit max_new_tokens") if finish == "length" else None
-        for finish in frame["finish_reason"]]
-    pending = [i for i, v in enumerate(verdicts) if v is None]
-    sub = frame[pending]
-    rows = checks.rows_of(sub["completion"].to_list(), sub["answer"].to_list(), sub["source"].to_list(),
-                          sub["meta"].to_list(), [tokens[i] for i in pending])
-    context = checks.Context(config=config, deadline_s=config.check_deadline_s, workers=workers)
-    for i, failure in zip(pending, checks.first_failures(rows, context)):
-        verdicts[i] = failure
-    table = _with_verdicts(pl.DataFrame({"tokens": pl.Series(tokens, dtype=pl.Int32)}), verdicts).with_columns(
-        pred=pl.Series([answers.extract(t) for t in frame["completion"]], dtype=pl.String))
-    alive = [i for i, v in enumerate(verdicts) if v is None]
-    sigs = minhash.signatures(frame["completion"].gather(alive).to_list(), shingle=TRACE_SHINGLE, num_perm=TRACE_PERM)
-    survivors = pl.DataFrame({"row": pl.Series([start + i for i in alive], dtype=pl.Int64),
-                              "sig": pl.Series(sigs, dtype=pl.Array(pl.UInt32, TRACE_PERM))})
-    return shards.ShardOutput(tables={"rows": table, "survivors": survivors}, counts=context.counts)
-
-
 def filter_traces(generations: pl.DataFrame, problems: pl.DataFrame, config: FilterConfig, *,
-                  judge: Judge | None = None, plan: shards.Plan | None = None) -> store.StageResult:
+                  judge: Judge | None = None, plan: shards.Plan | None = None,
+                  partition_traces: int = PARTITION_TRACES) -> store.StageResult:
     """Split generations into kept traces and rejected ones; compute per-problem pass rates.
 
-    `plan` says where the per-trace checks run (row shards); by default here, in memory.
+    The stage's own phases (`filter_files`) on frames: they are written to the plan's shard
+    folder first (a scratch folder, with `plan.shard_rows`, when the plan keeps shards in
+    memory or there is none), and the result comes back as frames.
+    """
+    if plan is not None and isinstance(plan.shards, shards.FolderShards):
+        return _on_frames(generations, problems, config, judge=judge, plan=plan, partition_traces=partition_traces)
+    shard_rows = plan.shard_rows if plan is not None else shards.DEFAULT_SHARD_ROWS
+    with shards.scratch_plan(shard_rows=shard_rows) as scratch:
+        return _on_frames(generations, problems, config, judge=judge, plan=scratch, partition_traces=partition_traces)
+
+
+def _on_frames(generations: pl.DataFrame, problems: pl.DataFrame, config: FilterConfig, *, judge: Judge | None,
+               plan: shards.Plan, partition_traces: int) -> store.StageResult:
+    """`filter_files` on frames written to the plan's folder; its parts read back as frames."""
+    folder = plan.folder / "frames"
+    store.write_parquet(generations, folder / "generations.parquet")
+    store.write_parquet(problems, folder / "problems.parquet")
+    result = filter_files(folder / "generations.parquet", folder / "problems.parquet", config, plan=plan,
+                          judge=judge, partition_traces=partition_traces)
+    return store.StageResult(kept=_frame(result.kept), rejected=_frame(result.rejected), stats=result.stats,
+                             extra={name: _frame(table) for name, table in result.extra.items()})
+
+
+def _frame(table: store.Parts | pl.DataFrame) -> pl.DataFrame:
+    """A table's rows in one frame (for callers on frames: small tables)."""
+    if isinstance(table, pl.DataFrame):
+        return table
+    return pl.concat([pl.read_parquet(file) for file in table.files], how="vertical")
+
+
+def filter_files(generations: Path, problems: Path, config: FilterConfig, *, plan: shards.Plan,
+                 judge: Judge | None = None, recipe: phases.JudgeRecipe | None = None,
+                 partition_traces: int = PARTITION_TRACES) -> store.StageResult:
+    """The filter stage from its input files, in the four phases of `curation.filter_phases`.
+
+    This process passes file names, offsets and counts only; every table is read and written
+    by the tasks (`plan` says where they run; finished tasks of a killed run are reused). The
+    judge is `judge` (this process) or made in each partition's task from `recipe` (Ray).
     """
     started = time.time()
-    plan = plan or shards.in_memory()
-    frame = generations.join(problems.select(pl.col("id").alias("problem_id"), "problem", "source", "answer", "meta"),
-                             on="problem_id", how="left", maintain_order="left")
-    inputs = frame.select("completion", "completion_tokens", "finish_reason", "answer", "source", "meta")
-    items = [(label, (start, inputs.slice(start, stop - start))) for label, (start, stop) in
-             plan.rows("filter", frame.height)]
-    labels = plan.run(check_rows, items, name=CHECKS,
-                      shared={"config": config, "workers": plan.executor.task_cpus})
-    checked = plan.concat(labels, "rows")
-    frame = frame.with_columns(checked["tokens"]).with_columns(checked.select("reject_reason", "reject_detail"))
-    frame = frame.with_columns(checked["pred"])
-    pass_rates = _pass_rates(frame, problems)
-    survivors = plan.concat(labels, "survivors")
-    frame = _near_duplicates(frame, config, survivors)
-    if judge is not None:
-        frame = _judged(frame, judge)
-    frame = _best_of_n(frame, config)
-    kept = frame.filter(pl.col("reject_reason").is_null()).drop("reject_reason", "reject_detail", "problem")
-    kept = kept.join(pass_rates.select("problem_id", "pass_rate"), on="problem_id", how="left",
-                     maintain_order="left")
-    rejected = frame.filter(pl.col("reject_reason").is_not_null()).drop("problem")
-    rates = pass_rates["pass_rate"].drop_nulls()
-    audit: dict[str, int] = {}
-    for label in labels:
-        for name, count in plan.shards.counts(label).items():
-            audit[name] = audit.get(name, 0) + count
-    record = FilterStats(rows_in=frame.height, kept=kept.height, rejected=rejected.height,
-                         reasons=store.reason_counts(rejected), seconds=round(time.time() - started, 3),
-                         problems=pass_rates.height, problems_with_a_trace=kept["problem_id"].n_unique(),
-                         mean_pass_rate=round(float(rates.mean()), 4) if len(rates) else 0.0,
-                         pass_rate_histogram=_histogram(rates), audit=audit, examples=examples(rejected),
-                         judge=judge.figures() if judge is not None else {})
-    return store.StageResult(kept=kept, rejected=rejected, stats=record, extra={"pass_rates": pass_rates})
+    traces = store.row_count(generations)
+    parts = phases.partition_count(traces, partition_traces)
+    inputs = phases.Inputs(generations=generations, problems=problems, folder=plan.folder, partitions=parts,
+                           judged=judge is not None or recipe is not None)
+    # Labels name what the task's output depends on, so a run with other shards or P reuses none of it.
+    row_shards = plan.rows(f"checks-p{parts}", traces)
+    checked = plan.run(phases.check_shard, [(label, (label, a, b)) for label, (a, b) in row_shards], name=CHECKS,
+                       shared={"inputs": inputs, "config": config, "workers": plan.executor.task_cpus})
+    to_partition = [plan.shards.counts(label)["partitions"] for label in checked]
+    cross = _cross_rows(plan, inputs, config, checked, to_partition, [a for _, (a, _) in row_shards],
+                        judge=judge, recipe=recipe)
+    to_shard = [plan.shards.counts(label)["shards"] for label in cross]
+    written = _write_shards(plan, inputs, checked, cross, to_shard, row_shards)
+    n_problems = store.row_count(problems)
+    rated = plan.run(phases.pass_rates, [(label, rows) for label, rows in plan.rows("rates", n_problems)],
+                     name=RATES, shared={"inputs": inputs, "rates": [plan.path(label, "rates") for label in cross]})
+    return store.StageResult(
+        kept=store.Parts(files=tuple(plan.path(label, "kept") for label in written),
+                         height=sum(plan.shards.counts(label)["kept"] for label in written)),
+        rejected=store.Parts(files=tuple(plan.path(label, "rejected") for label in written),
+                             height=sum(plan.shards.counts(label)["rejected"] for label in written)),
+        stats=_stats(plan, traces, n_problems, checked, cross, written, rated, judge=judge, recipe=recipe,
+                     started=started),
+        extra={"pass_rates": store.Parts(files=tuple(plan.path(label, "pass_rates") for label in rated),
+                                         height=n_problems)})
 
 
-def _with_verdicts(frame: pl.DataFrame, verdicts: list[checks.Failure | None]) -> pl.DataFrame:
-    """The frame with `reject_reason` and `reject_detail` from per-row verdicts (None: kept so far)."""
-    return frame.with_columns(
-        reject_reason=pl.Series([v.reason.value if v else None for v in verdicts], dtype=pl.String),
-        reject_detail=pl.Series([v.detail if v else None for v in verdicts], dtype=pl.String))
+def _cross_rows(plan: shards.Plan, inputs: phases.Inputs, config: FilterConfig, checked: list[str],
+                to_partition: list[list[int]], starts: list[int], *, judge: Judge | None,
+                recipe: phases.JudgeRecipe | None) -> list[str]:
+    """Phase 2: one task per partition, given its slice of every check shard's partition file."""
+    where = [phases.slices(sizes) for sizes in to_partition]
+    items = []
+    for p in range(inputs.partitions):
+        label = f"problems-{p:05d}-of-{inputs.partitions:05d}-rows{plan.shard_rows}"
+        pieces = [(phases.partition_file(inputs.folder, shard), *where[s][p])
+                  for s, shard in enumerate(checked) if to_partition[s][p]]
+        items.append((label, (label, pieces)))
+    shared: dict[str, Any] = {"inputs": inputs, "config": config, "starts": starts}
+    shared |= {"judge": judge} if judge is not None else {"recipe": recipe}
+    return plan.run(phases.cross_rows, items, name=CROSS, shared=shared)
 
 
-def _verdicts(frame: pl.DataFrame) -> list[checks.Failure | None]:
-    """Per-row verdicts of a frame that has them."""
-    return [checks.Failure(FilterReason(r), d) if r is not None else None
-            for r, d in frame.select("reject_reason", "reject_detail").iter_rows()]
+def _write_shards(plan: shards.Plan, inputs: phases.Inputs, checked: list[str], cross: list[str],
+                  to_shard: list[list[int]], row_shards: list[tuple[str, tuple[int, int]]]) -> list[str]:
+    """Phase 3: one task per row shard, given its slice of every partition's final verdicts."""
+    where = [phases.slices(sizes) for sizes in to_shard]
+    items = []
+    for s, (label, (start, stop)) in enumerate(row_shards):
+        label = label.replace("checks-", "write-", 1)
+        pieces = [(phases.final_file(inputs.folder, part), *where[p][s])
+                  for p, part in enumerate(cross) if to_shard[p][s]]
+        items.append((label, (label, start, stop, plan.path(checked[s], "rows"), pieces)))
+    return plan.run(phases.write_shard, items, name=WRITE, shared={"inputs": inputs})
 
 
-def _pass_rates(frame: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
-    """Per problem: samples generated, correct ones, and their ratio (null with no samples)."""
-    correct = pl.col("reject_reason").is_null()
-    counts = frame.group_by("problem_id").agg(samples=pl.len().cast(pl.Int32), correct=correct.sum().cast(pl.Int32))
-    return (problems.select(pl.col("id").alias("problem_id"))
-            .join(counts, on="problem_id", how="left", maintain_order="left")
-            .with_columns(pl.col("samples").fill_null(0), pl.col("correct").fill_null(0))
-            .with_columns(pass_rate=pl.when(pl.col("samples") > 0)
-                          .then(pl.col("correct") / pl.col("samples")).otherwise(None)))
-
-
-def _near_duplicates(frame: pl.DataFrame, config: FilterConfig, survivors: pl.DataFrame) -> pl.DataFrame:
-    """Among each problem's surviving traces, drop all but the first of near-identical ones.
-
-    `survivors`: the row and MinHash signature of every trace that passed the checks.
-    """
-    alive = frame.with_row_index("row").filter(pl.col("reject_reason").is_null())
-    if alive.is_empty():
-        return frame
-    if survivors["row"].to_list() != alive["row"].to_list():
-        raise RuntimeError(f"filter: {survivors.height} signatures for {alive.height} surviving traces")
-    sigs = np.ascontiguousarray(survivors["sig"].to_numpy()).reshape(-1, TRACE_PERM)
-    reps = trace_clusters_of(alive["problem_id"].to_list(), sigs, threshold=config.similar_threshold)
-    verdicts = _verdicts(frame)
-    rows, samples = alive["row"].to_list(), alive["sample_idx"].to_list()
-    for position, rep in enumerate(reps):
-        if rep != position:
-            verdicts[rows[position]] = checks.Failure(FilterReason.NEAR_DUPLICATE_TRACE,
-                                                     f"near-identical to sample {samples[rep]}")
-    return _with_verdicts(frame, verdicts)
-
-
-def _judged(frame: pl.DataFrame, judge: Judge) -> pl.DataFrame:
-    """Send the surviving traces to the judge; reject what it calls unsound (or could not judge)."""
-    alive = frame.with_row_index("row").filter(pl.col("reject_reason").is_null())
-    said = judge.judge(alive["problem"].to_list(), alive["completion"].to_list(), alive["answer"].to_list())
-    verdicts = _verdicts(frame)
-    for row, verdict in zip(alive["row"].to_list(), said):
-        if verdict.sound is None:
-            verdicts[row] = checks.Failure(FilterReason.UNJUDGED, f"the judge did not answer: {verdict.reason}")
-        elif not verdict.sound:
-            verdicts[row] = checks.Failure(FilterReason.JUDGE_REJECTED, verdict.reason)
-    return _with_verdicts(frame, verdicts)
-
-
-def _best_of_n(frame: pl.DataFrame, config: FilterConfig) -> pl.DataFrame:
-    """Keep the k shortest surviving traces per problem; the rest are surplus."""
-    ranked = (frame.with_row_index("row").filter(pl.col("reject_reason").is_null()).sort("tokens", "sample_idx")
-              .with_columns(rank=pl.int_range(pl.len()).over("problem_id")))
-    verdicts = _verdicts(frame)
-    for row in ranked.filter(pl.col("rank") >= config.keep_per_problem)["row"].to_list():
-        verdicts[row] = checks.Failure(FilterReason.BEST_OF_N_SURPLUS,
-                                       f"correct, but {config.keep_per_problem} shorter traces were kept")
-    return _with_verdicts(frame, verdicts)
-
-
-def examples(rejected: pl.DataFrame, per_reason: int = 2, chars: int = 300) -> dict[str, list[dict[str, str]]]:
-    """Up to `per_reason` rejected traces per reason (first by problem and sample), with their evidence."""
-    found: dict[str, list[dict[str, str]]] = {}
-    ordered = rejected.sort("reject_reason", "problem_id", "sample_idx")
-    for row in ordered.select("reject_reason", "problem_id", "sample_idx", "reject_detail",
-                              "completion").iter_rows(named=True):
-        chosen = found.setdefault(row["reject_reason"], [])
-        if len(chosen) < per_reason:
-            text = row["completion"] or ""
-            chosen.append({"problem_id": row["problem_id"], "sample_idx": str(row["sample_idx"]),
-                           "detail": row["reject_detail"] or "",
-                           "excerpt": text if len(text) <= chars else text[: chars - 1] + "…"})
-    return found
-
-
-def _histogram(rates: pl.Series) -> dict[str, int]:
-    """Problems per pass-rate bucket: 0, (0, .25], ..., 1."""
-    buckets = {"0": 0, "0-0.25": 0, "0.25-0.5": 0, "0.5-0.75": 0, "0.75-1": 0, "1": 0}
-    for rate in rates.to_list():
-        key = ("0" if rate == 0 else "1" if rate == 1 else "0-0.25" if rate <= 0.25 else "0.25-0.5"
-               if rate <= 0.5 else "0.5-0.75" if rate <= 0.75 else "0.75-1")
-        buckets[key] += 1
-    return buckets
+def _stats(plan: shards.Plan, traces: int, n_problems: int, checked: list[str], cross: list[str], written: list[str],
+           rated: list[str], *, judge: Judge | None, recipe: phases.JudgeRecipe | None, started: float) -> FilterStats:
+    """The stage's figures from its tasks' counts (stats as the one-process filter gave them)."""
+    counts = {label: plan.shards.counts(label) for label in [*checked, *cross, *written, *rated]}
+    reasons = phases.summed([counts[label]["reasons"] for label in written])
+    histogram = phases.summed([counts[label]["histogram"] for label in rated])
+    rates_seen = sum(histogram.values())
+    figures = {}
+    if judge is not None or recipe is not None:  # this run's requests: a killed run's tasks asked before
+        price = judge.price if judge is not None else (recipe.config.price.pair() if recipe.config.price else None)
+        figures = phases.judge_figures([plan.shards.counts(label)["judge"] for label in plan.report[CROSS].computed],
+                                       price)
+    return FilterStats(rows_in=traces, kept=sum(counts[label]["kept"] for label in written),
+                       rejected=sum(counts[label]["rejected"] for label in written), reasons=reasons,
+                       seconds=round(time.time() - started, 3), problems=n_problems,
+                       problems_with_a_trace=sum(counts[label]["problems_kept"] for label in cross),
+                       mean_pass_rate=phases.mean_rate([counts[label]["correct_by_samples"] for label in rated],
+                                                       rates_seen),
+                       pass_rate_histogram=histogram,
+                       audit=phases.summed([counts[label]["audit"] for label in checked]),
+                       examples=phases.first_examples([counts[label]["examples"] for label in written]),
+                       judge=figures)
 
 
 def run(run_dir: Path, config: FilterConfig, *, force: bool = False, judge_api_key: str | None = None,
-        executor: Executor | None = None, shard_rows: int = shards.DEFAULT_SHARD_ROWS) -> store.Manifest:
+        executor: Executor | None = None, shard_rows: int = shards.DEFAULT_SHARD_ROWS,
+        partition_traces: int = PARTITION_TRACES) -> store.Manifest:
     """Run the filter stage on the generations and problems of `run_dir`.
 
-    With `filter.judge`, verdicts are cached in `filter/judge.jsonl` (a killed run resumes
-    without asking again) and `judge_api_key` is the judge's key, resolved by the caller.
-    `executor` runs the per-trace checks of each row shard here or on a Ray cluster; finished
-    shards survive a killed run.
+    With `filter.judge`, verdicts are cached in `filter/judge.jsonl` (this process) or one
+    `filter/judge-<partition>.jsonl` per partition task (Ray), every one read back, so a killed
+    run resumes without asking again; `judge_api_key` is the judge's key, resolved by the
+    caller (it travels with the tasks, never into a file). `executor` runs each phase's tasks
+    here or on a Ray cluster; finished tasks survive a killed run. `partition_traces` bounds a
+    phase-2 task's traces; like the shard size it changes no output, so it is not in the stage key.
     """
     found = {stage: store.finished(run_dir, stage) for stage in INPUT_STAGES}
     inputs = {stage: done.hash() for stage, done in found.items()}
+    folder = run_dir / STAGE
+    paths = (found["generate"].path(), found["dedup"].path())
 
     def compute(plan: shards.Plan) -> store.StageResult:
         if config.judge is None:
-            return filter_traces(found["generate"].read(), found["dedup"].read(), config, plan=plan)
-        cache = RequestCache(run_dir / STAGE / JUDGE_CACHE)
+            return filter_files(*paths, config, plan=plan, partition_traces=partition_traces)
+        if not plan.executor.in_process:
+            recipe = phases.JudgeRecipe(config=config.judge, api_key=judge_api_key, folder=folder)
+            return filter_files(*paths, config, plan=plan, recipe=recipe, partition_traces=partition_traces)
+        cache = RequestCache(folder / JUDGE_CACHE, read_also=phases.judge_cache_files(folder))
         try:
             judge = Judge(config.judge, api_key=judge_api_key, cache=cache)
-            return filter_traces(found["generate"].read(), found["dedup"].read(), config, judge=judge, plan=plan)
+            return filter_files(*paths, config, plan=plan, judge=judge, partition_traces=partition_traces)
         finally:
             cache.close()
 
