@@ -82,7 +82,7 @@ class FolderShards:
         for name, frame in output.tables.items():
             buffer = io.BytesIO()
             # lz4: shard files are read once and deleted; zstd would cost a second on 500 MB of signatures
-            frame.write_parquet(buffer, compression="lz4", statistics=False)
+            frame.write_parquet(buffer, compression="lz4", statistics=False, row_group_size=store.ROW_GROUP_ROWS)
             store.atomic_write_bytes(self.folder / f"{label}.{name}.parquet", buffer.getvalue())
         store.write_json({"tables": sorted(output.tables), "counts": output.counts}, self._marker(label))
 

@@ -40,7 +40,7 @@ STATS = "stats.json"
 MANIFEST = "manifest.json"
 # Rows per row group of a table streamed from parts: fixed, so the file's bytes depend on its rows
 # alone, not on how a stage cut them into shards or which engine ran them.
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 16_384
 
 
 class WriteError(OSError):
