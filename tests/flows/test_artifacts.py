@@ -14,6 +14,7 @@ import pytest
 from flows import progress, stages
 from machinery import store
 from machinery.config import load_config
+from tests.conftest import prefect_harness
 from tests.flows.test_pipeline import _solver
 from tests.support.fake_openai import FakeOpenAI
 
@@ -23,9 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def prefect_api():
     """One throwaway Prefect server (SQLite) for the module: 8-10 s to start."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_harness():
         yield
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from flows import server, stages
 from machinery.config import load_config
-from tests.conftest import free_port
+from tests.conftest import free_port, prefect_api_at
 from tests.flows.test_pipeline import _solver
 from tests.support.fake_openai import FakeOpenAI
 
@@ -81,8 +81,6 @@ def _flow_runs(api_url: str) -> list:
 
 
 def test_training_stages_run_as_flow_runs_on_the_pool_in_order(tpu_pool, tmp_path):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from flows import pipeline
     from training import evaluate
 
@@ -94,7 +92,7 @@ def test_training_stages_run_as_flow_runs_on_the_pool_in_order(tpu_pool, tmp_pat
                                            "teacher.model=fake", "teacher.style=chat", "teacher.api_key_env=null",
                                            "build.drop_zero_advantage=false", "filter.min_tokens=1",
                                            "orchestration.training_deployment=tpu"])
-        with temporary_settings({PREFECT_API_URL: api_url}):
+        with prefect_api_at(api_url):
             results = pipeline.curate_and_train(run_dir=str(run_dir), config=config, return_state=True)
     worker_log = (home / "worker.log").read_text()[-4000:]
     assert results.is_completed(), worker_log
@@ -117,7 +115,7 @@ def test_training_stages_run_as_flow_runs_on_the_pool_in_order(tpu_pool, tmp_pat
     # A training run that fails fails the parent, naming the child and its state. The same folder: curation
     # and sft are complete and skipped; grpo now needs vllm, which no worker here has.
     failing = config.model_copy(update={"grpo": config.grpo.model_copy(update={"rollout_engine": "vllm"})})
-    with temporary_settings({PREFECT_API_URL: api_url}):
+    with prefect_api_at(api_url):
         state = pipeline.curate_and_train(run_dir=str(run_dir), config=failing, return_state=True)
     assert state.is_failed()
     with pytest.raises(RuntimeError, match=r"grpo/tpu: flow run \S+ ended Failed"):

@@ -13,7 +13,7 @@ from flows import stages
 from flows.secrets import SecretError
 from machinery import store
 from machinery.config import load_config
-from tests.conftest import write_jsonl
+from tests.conftest import prefect_harness, write_jsonl
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.markdown import bare_tags
 
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def prefect_api():
     """One throwaway Prefect server (SQLite) for the module: 8-10 s to start."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_harness():
         yield
 
 
@@ -44,10 +42,6 @@ def _solver(config):
 
 
 @pytest.mark.slow  # every stage, training included, three times: minutes on 2 cores (make test-slow)
-# The test passes, but then this module's prefect_test_harness never returns from its teardown
-# (EventsWorker.drain_all waits forever; seen in make test-slow on 7c08324), which would hang CI.
-# Resume after a failure stays covered by test_chaos.py and the CLI resume tests.
-@pytest.mark.skip(reason="passes, then the Prefect test harness hangs in EventsWorker.drain_all at teardown")
 def test_curate_and_train_resumes_at_the_failed_stage(prefect_api, tmp_path, monkeypatch):
     """A generate fault fails the flow; the re-run skips pull and dedup and recomputes from generate on."""
     from flows import pipeline
