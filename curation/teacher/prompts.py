@@ -1,8 +1,9 @@
-"""The teacher's instructions and few-shot examples, per kind of source.
+"""The teacher's instructions and few-shot examples, per procedural task or else per kind of source.
 
 Base models never produce the tags without examples (tried on Gemma 3 270M), so every
 prompt carries three worked examples in the exact output format:
-`<reasoning>...</reasoning>\n<answer>...</answer>`.
+`<reasoning>...</reasoning>\n<answer>...</answer>`. A procedural task gets examples in its
+generator's own wording (`FEW_SHOT_BY_SOURCE`); any other source those of its kind (`FEW_SHOT`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ OPEN = "<reasoning>\n"  # base-model prompts open the reasoning block for the mo
 COMPLETION_STOPS = ("\nProblem:",)
 
 Kind = Literal["arithmetic", "word_problem", "competition"]
+Shot = tuple[str, str, str]  # (problem, reasoning, answer)
 
-FEW_SHOT: dict[str, tuple[tuple[str, str, str], ...]] = {
+# The fallback: one set per kind of source.
+FEW_SHOT: dict[Kind, tuple[Shot, ...]] = {
     "arithmetic": (
         ("Calculate 12 + 7 * 3.", "Multiplication comes first: 7 * 3 = 21. Then 12 + 21 = 33.", "33"),
         ("State the final answer to the following arithmetic problem: 45 - 18 + 6 =",
@@ -46,8 +49,44 @@ FEW_SHOT: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 
+# Per procedural task, keyed by its `source` column, in the generator's own phrasing. Measured on
+# Gemma 3 270M at cpu-smoke's teacher settings (benchmarks/taskmix.py, 8 problems x 4 samples each of
+# basic_arithmetic and chain_sum): 15 of 64 samples kept against 3 of 64 with the arithmetic kind's set,
+# whose fraction example 25-34% of completions copied into sums ("The greatest common divisor of 1 - 8
+# and 1 is ..."). The product is a 2-term one: the model copies a 3-term example's "Multiplication comes
+# first:" into `+`/`-` answers. gsm_symbolic keeps the word-problem set. A test runs every example
+# through the filter's checks: an example the filter would reject teaches the rejected habit.
+FEW_SHOT_BY_SOURCE: dict[str, tuple[Shot, ...]] = {
+    "procedural/basic_arithmetic": (
+        ("Calculate 4 + 9.", "4 + 9 = 13.", "13"),
+        ("Calculate 3 - 8.", "3 - 8 = -5.", "-5"),
+        ("Calculate 6 * 7.", "6 * 7 = 42.", "42"),
+    ),
+    "procedural/chain_sum": (
+        ("State the final answer to the following arithmetic problem: 5 + 8 =", "5 + 8 = 13.", "13"),
+        ("State the final answer to the following arithmetic problem: 2 - 9 =", "2 - 9 = -7.", "-7"),
+        ("State the final answer to the following arithmetic problem: 14 + 6 - 23 =",
+         "Left to right: 14 + 6 = 20. Then 20 - 23 = -3.", "-3"),
+    ),
+    "procedural/fraction_simplification": (
+        ("Simplify the fraction 12/18 to its lowest terms. Give only the simplified fraction as your final answer.",
+         "The greatest common divisor of 12 and 18 is 6. 12 / 6 = 2 and 18 / 6 = 3.", "2/3"),
+        (("Simplify the fraction $\\dfrac{10}{25}$ to its lowest terms. Give only the simplified fraction as your "
+          "final answer."), "The greatest common divisor of 10 and 25 is 5. 10 / 5 = 2 and 25 / 5 = 5.", "2/5"),
+        ("Simplify the fraction $15/35$ to its lowest terms. Give only the simplified fraction as your final answer.",
+         "The greatest common divisor of 15 and 35 is 5. 15 / 5 = 3 and 35 / 5 = 7.", "3/7"),
+    ),
+    "procedural/simple_equations": (
+        ("Determine the value of x that satisfies: x + 7 = 12", "Subtract 7 from both sides: x = 12 - 7 = 5.", "5"),
+        ("Solve for y: 10 - y = 4", "Move y to the right and 4 to the left: y = 10 - 4 = 6.", "6"),
+        ("Find the value of k in the equation: 3*k - 4 = 11",
+         "Add 4 to both sides: 3*k = 11 + 4 = 15. Divide by 3: k = 15 / 3 = 5.", "5"),
+    ),
+}
+
+
 def kind_of(source: str) -> Kind:
-    """The few-shot set for a problem's source."""
+    """The kind of a problem's source: which `FEW_SHOT` set it falls back to."""
     if source.startswith("procedural/") and "gsm" not in source:
         return "arithmetic"
     if source in ("openai/gsm8k",) or "gsm" in source:
@@ -60,9 +99,18 @@ def format_trace(reasoning: str, answer: str) -> str:
     return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{answer}\n</answer>"
 
 
+def shots_for(source: str) -> tuple[Shot, ...]:
+    """The worked examples for a problem's source: its task's own if it has a set, else its kind's."""
+    return FEW_SHOT_BY_SOURCE.get(source) or FEW_SHOT[kind_of(source)]
+
+
 def build(problem: str, source: str) -> Prompt:
     """The prompt for one problem: chat messages and the plain few-shot text."""
-    shots = FEW_SHOT[kind_of(source)]
+    return with_shots(problem, shots_for(source))
+
+
+def with_shots(problem: str, shots: tuple[Shot, ...]) -> Prompt:
+    """The prompt for one problem with the given worked examples (`build` picks them by source)."""
     messages = [{"role": "system", "content": SYSTEM}]
     text_parts = [SYSTEM, ""]
     for question, reasoning, answer in shots:
@@ -76,4 +124,5 @@ def build(problem: str, source: str) -> Prompt:
 
 def template_version() -> str:
     """A hash of the instructions and examples: part of the generate stage's key."""
-    return hashlib.sha256(json.dumps([SYSTEM, FEW_SHOT], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([SYSTEM, FEW_SHOT, FEW_SHOT_BY_SOURCE], sort_keys=True).encode()
+                          ).hexdigest()[:16]
