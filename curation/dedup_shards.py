@@ -143,17 +143,16 @@ def hash_shard(item: tuple[str, int, int], *, source: Path, folder: Path, hashin
 
 
 class Signatures:
-    """Signatures of any docs, read from the row shards' memory-mapped arrays."""
+    """Signatures of any docs, read from the row shards' memory-mapped arrays.
+
+    A shard's array is mapped only while its rows are copied out: pages a mapping touched count
+    in the process's resident memory until it is unmapped, so a cache of open maps would grow
+    with the corpus (every shard's signatures) instead of with one shard.
+    """
 
     def __init__(self, folder: Path, labels: list[str], starts: np.ndarray):
         self.paths = [sig_path(folder, label) for label in labels]
         self.starts = np.asarray(starts, dtype=np.int64)  # shard s holds docs starts[s] .. starts[s+1]-1
-        self._open: dict[int, np.ndarray] = {}
-
-    def _shard(self, s: int) -> np.ndarray:
-        if s not in self._open:
-            self._open[s] = np.load(self.paths[s], mmap_mode="r")
-        return self._open[s]
 
     def rows(self, docs: np.ndarray) -> np.ndarray:
         """The signatures of docs, in the order given."""
@@ -161,11 +160,12 @@ class Signatures:
         shard = np.searchsorted(self.starts, docs, side="right") - 1
         out: np.ndarray | None = None
         for s in np.unique(shard):
-            sigs = self._shard(int(s))
+            sigs = np.load(self.paths[int(s)], mmap_mode="r")
             if out is None:
                 out = np.empty((len(docs), sigs.shape[1]), dtype=np.uint32)
             at = shard == s
             out[at] = sigs[docs[at] - self.starts[s]]
+            del sigs  # unmapped here: its pages leave this process's resident memory
         return out if out is not None else np.empty((0, 0), dtype=np.uint32)
 
     def jaccard(self, left: np.ndarray, right: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
