@@ -16,6 +16,19 @@ apart too). Rounds alternate the engine order. Peak RSS: the driver and its own 
 `ray_overhead_ratio=X`, Ray seconds over local seconds, dedup and filter together (medians).
 
     python benchmarks/scale.py [--problems 1000000] [--traces 200000] [--rounds 3]
+
+The modes `stages`, `compare` and `check` (benchmarks/scale_stages.py, scale_corpus.py) measure
+the stages as a user runs them instead: `distillery pull` of a synthetic corpus written as
+local GSM8K-format parquet shards (~10% of rows in planted near-duplicate clusters of 2-5, and
+25 GSM8K test leaks), then `distillery dedup` and `distillery filter` in fresh processes on
+fresh run folders, per engine, for each `--code` folder (an extracted baseline tree and the
+new tree, alternating per round): peak RSS of the stage process (VmHWM) or Ray driver and the
+largest Ray worker's, wall time, docs/s, peak disk of the run folder; results as JSON.
+
+    python benchmarks/scale.py stages --code /work/base --code /work/main --problems 1000000 4000000 \
+        --traces 200000 800000 --engines local,ray --rounds 3 --out /work/bench/results.json
+    python benchmarks/scale.py compare RUN_A/v1 RUN_B/v1 --planted /work/bench/corpus-1000000/planted.parquet
+    python benchmarks/scale.py check --code /work/base --code /work/main --engines local,ray
 """
 
 from __future__ import annotations
@@ -35,6 +48,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1] in ("stages", "compare", "check"):
+    # The CLI-level modes (benchmarks/scale_stages.py) measure a code folder given by --code: they
+    # must not import this tree's curation, which may be another version or mid-edit.
+    sys.path.insert(0, str(Path(__file__).parent))
+    import scale_stages
+
+    scale_stages.main(sys.argv[1:])
+    sys.exit(0)
 sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
