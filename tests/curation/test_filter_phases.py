@@ -12,10 +12,10 @@ import pytest
 
 from curation import filters
 from curation.sources import procedural
-from curation.teacher.prompts import format_trace
 from machinery import shards, store
 from machinery.config import FilterConfig, JudgeConfig
 from machinery.execution import LocalExecutor
+from tests.curation.test_judge import _traces, judge_answer
 from tests.support import traces
 from tests.support.fake_openai import FakeOpenAI
 
@@ -125,26 +125,6 @@ def _stats_file(run: Path) -> dict:
     return figures
 
 
-FLAW = "I guess"
-
-
-def _judge_answer(prompt: str) -> str:
-    return "UNSOUND: the second step is a guess" if FLAW in prompt else "SOUND"
-
-
-def _judged_inputs(n: int = 9) -> tuple[pl.DataFrame, pl.DataFrame, set[str]]:
-    """One right-answer trace per problem; every third reasons with a guess. Returns the flawed problems."""
-    problems, _ = procedural.load("basic_arithmetic", n, seed=11)
-    rows, flawed = [], set()
-    for i, (pid, gold) in enumerate(problems.select("id", "answer").iter_rows()):
-        reasoning = f"Work it out carefully: {FLAW} the result." if i % 3 == 0 else "Work it out carefully."
-        flawed |= {pid} if i % 3 == 0 else set()
-        rows.append({"problem_id": pid, "sample_idx": 0, "completion": format_trace(reasoning, gold),
-                     "finish_reason": "stop", "completion_tokens": 20})
-    return pl.DataFrame(rows, schema_overrides={"sample_idx": pl.Int32, "completion_tokens": pl.Int32}), problems, \
-        flawed
-
-
 class _Elsewhere(LocalExecutor):
     """An engine whose tasks run in other processes (as Ray's do): each partition task makes its own judge."""
 
@@ -153,10 +133,11 @@ class _Elsewhere(LocalExecutor):
 
 
 def test_partition_tasks_each_ask_their_judge_with_a_cache_of_their_own_and_no_key_in_any_file(tmp_path):
-    generations, problems, flawed = _judged_inputs()
+    generations, problems, flawed = _traces(9)
+    generations = generations.cast({"sample_idx": pl.Int32, "completion_tokens": pl.Int32})
     run = _run_folder(tmp_path, generations, problems)
     secret = "sk-never-in-a-file-4242"
-    with FakeOpenAI(answer=_judge_answer) as server:
+    with FakeOpenAI(answer=judge_answer) as server:
         config = FilterConfig(min_tokens=1, judge=JudgeConfig(base_url=server.base_url, model="judge",
                                                               price={"input": 1.0, "output": 2.0}))
         filters.run(run, config, judge_api_key=secret, executor=_Elsewhere(), shard_rows=4, partition_traces=3)
